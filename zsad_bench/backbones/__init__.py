@@ -1,0 +1,1 @@
+"""Frozen backbones (CLIP, DINOv2, SAM) behind one API, and weight resolution."""

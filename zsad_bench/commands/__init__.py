@@ -1,0 +1,1 @@
+"""Sub-commands of the ``zsad-bench`` app (``list``, ``data``, ``weights``, ``cache``, ...)."""
