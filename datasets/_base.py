@@ -16,7 +16,7 @@ Counts = Mapping[str, tuple[int, int]]
 
 
 def expected_counts(test: Counts, train: Counts | None = None) -> dict[str, dict[str, tuple[int, int]]]:
-    """category → split → (normal, anomalous) from per-split tables.
+    """Build ``expected``: category → split → (normal, anomalous) from per-split tables.
 
     Example:
         >>> expected_counts({"a": (2, 3)}, {"a": (5, 0)})

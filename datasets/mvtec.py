@@ -195,6 +195,8 @@ class MVTec3D(Family):
             for img in list_images(defect_dir / "rgb"):
                 mask = None if index is None else index.lookup(img)[0]
                 out.append(
-                    SampleRecord(img, int(not normal), mask, category, "good" if normal else defect_dir.name, split, "mvtec_3d")
+                    SampleRecord(
+                        img, int(not normal), mask, category, "good" if normal else defect_dir.name, split, "mvtec_3d"
+                    )
                 )
         return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -111,16 +111,19 @@ def _decode(path: Path) -> Image.Image | np.ndarray:
             logger.debug("Pillow cannot identify %s; reading it with tifffile", path)
             return _read_tiff(path)
         raise ImageReadError(
-            path, "unreadable", "not a readable image (corrupt, or not an image at all)", "Re-extract it from the archive."
+            path,
+            "unreadable",
+            "not a readable image (corrupt, or not an image at all)",
+            "Re-extract it from the archive.",
         ) from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         kind = "truncated" if "truncated" in str(exc).lower() else "unreadable"
         if kind == "unreadable" and path.suffix.lower() in TIFF_SUFFIXES:
             return _read_tiff(path)
-        return _raise_decode(path, kind, exc)
+        _raise_decode(path, kind, exc)
 
 
-def _raise_decode(path: Path, kind: str, exc: Exception) -> np.ndarray:
+def _raise_decode(path: Path, kind: str, exc: Exception) -> NoReturn:
     problem = "file is truncated" if kind == "truncated" else f"cannot decode it ({exc})"
     raise ImageReadError(
         path, kind, problem, "Re-download or re-extract it (an interrupted copy leaves truncated files)."

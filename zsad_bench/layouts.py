@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def subdirs(folder: Path) -> list[Path]:
     """The visible sub-folders of ``folder`` in natural order."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name)
+    )
 
 
 def child_dir(folder: Path, *names: str) -> Path | None:
@@ -113,12 +116,13 @@ def descend(root: Path, marker: Callable[[Path], bool], wrappers: Sequence[str] 
 def missing_root_message(root: Path, info: DatasetInfo) -> str:
     """One message: the dataset is not at ``root``; where to get it and where to put it."""
     d = info.download
-    where = f"Get it from {d.page}" if d.page else "Get it from its authors"
-    if d.archive:
-        where += f" ({d.archive})"
+    where = ""
+    if d.page or d.archive:
+        where = f" Get it from {d.page or 'its authors'}" + (f" ({d.archive})" if d.archive else "")
+        where += f" and unpack it into {root}."
     hint = f" {d.notes}" if d.notes else ""
     return (
-        f"dataset {info.name!r} not found at {root}. {where} and unpack it into {root}.{hint} "
+        f"dataset {info.name!r} not found at {root}.{where}{hint} "
         f"Set paths.data_root=<folder holding {info.subdir or info.name}/> or dataset.root=<folder> "
         f"to point elsewhere; `zsad-bench data info {info.name}` shows the expected layout."
     )
@@ -147,14 +151,18 @@ class MaskIndex:
     Args:
         folder: the mask folder (may not exist: every lookup then misses).
         suffixes: stem suffixes tried in order, e.g. ``("_mask", "")``; matched ignoring case.
-        default_ext: the extension of the path reported for a missing mask; None: the image's.
+        default_ext: the extension of the path reported for a missing mask; None: the most common
+            one in the folder, else the image's.
     """
 
     def __init__(self, folder: Path, suffixes: Sequence[str] = ("_mask", ""), default_ext: str | None = ".png") -> None:
         self.folder = folder
         self.suffixes = tuple(suffixes)
         self.default_ext = default_ext
-        self._by_stem = {p.stem.lower(): p for p in reversed(list_images(folder))}
+        files = list_images(folder)
+        self._by_stem = {p.stem.lower(): p for p in reversed(files)}
+        suffixes = Counter(p.suffix for p in files).most_common(1)
+        self._usual_ext = suffixes[0][0] if suffixes else None
 
     def find(self, stem: str) -> Path | None:
         """The mask of the image with this stem, or None."""
@@ -165,8 +173,8 @@ class MaskIndex:
         return None
 
     def expected(self, stem: str, image_ext: str = ".png") -> Path:
-        """Where the mask of ``stem`` should be (first suffix, default or image extension)."""
-        return self.folder / f"{stem}{self.suffixes[0]}{self.default_ext or image_ext}"
+        """Where the mask of ``stem`` should be (first suffix; default, usual or image extension)."""
+        return self.folder / f"{stem}{self.suffixes[0]}{self.default_ext or self._usual_ext or image_ext}"
 
     def lookup(self, image: Path) -> tuple[Path, bool]:
         """(path, found): the mask of ``image`` or, when missing, the expected path."""

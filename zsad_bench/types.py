@@ -8,7 +8,7 @@ annotations only.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -100,8 +100,13 @@ class SampleRecord:
 
     @property
     def key(self) -> str:
-        """A stable identifier: dataset/category/split/defect/file name."""
-        return f"{self.dataset}/{self.category}/{self.split}/{self.defect_type}/{self.image_path.name}"
+        """A stable identifier: dataset/category/split/defect/parent folder/file name.
+
+        The parent folder is part of it because some layouts reuse file names across
+        folders of one category (KolektorSDD: ``kos01/Part0.jpg`` and ``kos02/Part0.jpg``).
+        """
+        parts = (self.dataset, self.category, self.split, self.defect_type, self.image_path.parent.name)
+        return "/".join(parts) + f"/{self.image_path.name}"
 
 
 @dataclass(frozen=True)
@@ -281,8 +286,33 @@ class Method:
         self.ctx = ctx
 
     def fit(self, aux: Iterable[Batch]) -> None:
-        """Learn on auxiliary data (trainable methods only)."""
-        raise NotImplementedError(f"{type(self).__name__} is not trainable")
+        """Learn on auxiliary batches (trainable methods only).
+
+        The default runs the shared trainer (:func:`zsad_bench.train.fit_batches`) with the
+        method's :meth:`train_recipe`; :func:`zsad_bench.train.train_or_load` is the full path
+        (datasets, zero-shot guard, checkpoints) the evaluation loop uses.
+        """
+        if not self.trainable:
+            raise NotImplementedError(f"{type(self).__name__} is not trainable")
+        from zsad_bench.train import fit_batches
+
+        fit_batches(self, aux)
+
+    # --- the trainer's side of the contract (trainable methods; see zsad_bench/train.py) ---
+    def parameters_to_train(self) -> list[torch.nn.Parameter]:
+        """The parameters the shared trainer optimises."""
+        return []
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Named scalar losses of one auxiliary batch (with labels and masks); the trainer sums them."""
+        raise NotImplementedError(f"{type(self).__name__} has no training_step")
+
+    def train_recipe(self, aux: Sequence[str]) -> Any:
+        """The :class:`zsad_bench.train.TrainRecipe` for the auxiliary datasets ``aux`` (None: defaults)."""
+        return None
+
+    def set_training(self, mode: bool) -> None:
+        """Switch the learnable modules between training and inference behaviour (dropout, batch norm)."""
 
     def set_references(self, normals: Batch) -> None:
         """Receive the k normal reference images of a category (few-shot methods)."""

@@ -36,11 +36,8 @@ def method_rows(pattern: str = "*") -> list[dict[str, Any]]:
 
 
 def _counts(info: Any) -> str:
-    normal = anomalous = 0
-    for splits in info.expected.values():
-        n, a = splits.get("test", (0, 0))
-        normal, anomalous = normal + n, anomalous + a
-    return f"{normal}/{anomalous}" if normal or anomalous else "?"
+    counts = info.expected_counts("test")
+    return f"{counts[0]}/{counts[1]}" if counts else "?"
 
 
 def dataset_rows(pattern: str = "*") -> list[dict[str, Any]]:
