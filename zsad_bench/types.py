@@ -314,6 +314,13 @@ class Method:
     def set_training(self, mode: bool) -> None:
         """Switch the learnable modules between training and inference behaviour (dropout, batch norm)."""
 
+    def end_of_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer after each epoch, before its checkpoint is written (validation, epoch selection)."""
+
+    def training_report(self) -> dict[str, Any]:
+        """Method-specific facts about the training for the result file (``TrainRecord.method``)."""
+        return {}
+
     def set_references(self, normals: Batch) -> None:
         """Receive the k normal reference images of a category (few-shot methods)."""
         raise NotImplementedError(f"{type(self).__name__} has no few-shot mode")

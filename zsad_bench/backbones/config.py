@@ -47,13 +47,16 @@ class BackboneConfig:
         interpolation: how the evaluation loop squash-resizes images to ``input_size``.
         activation: ``gelu`` or ``quick_gelu`` (CLIP only; see docs/backbones.md).
         pos_interp: ``bicubic`` or ``bilinear`` positional-embedding resize.
+        pos_antialias: pass ``antialias=True`` to the resize. It matters even when upsampling
+            with bicubic (PyTorch's antialiased bicubic uses a different kernel): open_clip and
+            APRIL-GAN pass True, AdaCLIP passes nothing (False). No effect for bilinear upsampling.
         precision: autocast precision on CUDA (``fp32`` disables autocast); CPU runs fp32.
         seed: the seed of random weights.
         layer_map: nominal layer → actual layer (tiny stand-ins map 6/12/18/24 to 1/2/3/4).
         arch_kwargs: architecture overrides (tiny configurations of the real architectures).
         native_size: the image size the checkpoint's positional embedding was trained at
             (0: the architecture's default).
-        weights_root: the local weights folder (None: ``$ZSAD_WEIGHTS`` or ``~/.cache/zsad_bench/weights``).
+        weights_root: the local weights folder (None: ``$ZSAD_WEIGHTS``, else ``./weights``).
     """
 
     name: str
@@ -66,6 +69,7 @@ class BackboneConfig:
     interpolation: str = "bicubic"
     activation: str = "gelu"
     pos_interp: str = "bicubic"
+    pos_antialias: bool = True
     precision: str = "fp32"
     seed: int = 0
     layer_map: Mapping[int, int] = field(default_factory=dict)
@@ -116,10 +120,12 @@ class BackboneConfig:
             "arch": self.arch,
             "activation": self.activation,
             "pos_interp": self.pos_interp,
+            "pos_antialias": self.pos_antialias,
             "precision": self.precision,
             "input_size": self.input_size,
             "native_size": self.native_size,
             "arch_kwargs": dict(sorted(self.arch_kwargs.items())),
+            "layer_map": sorted(self.layer_map.items()),
         }
 
     def preprocessing(self) -> str:
@@ -150,6 +156,8 @@ def _coerce(key: str, value: Any) -> Any:
         return {str(k): (tuple(v) if isinstance(v, list) else v) for k, v in dict(value).items()}
     if key in ("input_size", "seed", "native_size"):
         return int(value)
+    if key == "pos_antialias":
+        return bool(value)
     if key in ("weights", "pretrained", "arch") and value is not None:
         return str(value)
     return value

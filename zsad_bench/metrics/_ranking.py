@@ -14,10 +14,11 @@ import numpy as np
 
 __all__ = [
     "TieGroups",
-    "aupro_from_groups",
-    "auroc_from_groups",
     "ap_step_from_groups",
     "ap_trapezoid_from_groups",
+    "aupro_bound_from_groups",
+    "aupro_from_groups",
+    "auroc_from_groups",
     "f1max_from_groups",
     "groups_from_sorted",
 ]

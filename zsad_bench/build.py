@@ -1,0 +1,61 @@
+"""Build a registered method from its config group, validated against the method's ``Config`` dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from zsad_bench.registry import METHODS
+from zsad_bench.types import Method
+
+__all__ = ["build_method", "method_config"]
+
+
+def method_config(method_cfg: Mapping[str, Any] | Any) -> tuple[str, Any]:
+    """Split ``method_cfg`` into the method's name and its validated ``Config`` instance.
+
+    Args:
+        method_cfg: the ``method`` config group: ``name`` plus the method's knobs.
+
+    Returns:
+        (name, config), config being an instance of the method's ``Config`` dataclass
+        (``None`` for a method without one).
+
+    Raises:
+        KeyError: no ``name``, or an unknown method (with close matches).
+        ValueError: an unknown knob or a value of the wrong type, naming the yaml file.
+    """
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    raw = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
+    name = raw.pop("name", None)
+    if not name:
+        raise KeyError("the method config has no 'name'; every conf/method/<name>.yaml starts with `name: <name>`")
+    cls = METHODS.get(name)
+    schema = getattr(cls, "Config", object)
+    if not dataclasses.is_dataclass(schema):
+        if raw:
+            raise ValueError(f"method {name!r} has no Config dataclass but conf/method/{name}.yaml sets {sorted(raw)}")
+        return name, None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        return name, OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        fields = ", ".join(f.name for f in dataclasses.fields(schema))
+        raise ValueError(
+            f"invalid config for method {name!r} (conf/method/{name}.yaml or a method.* override): "
+            f"{str(exc).splitlines()[0]}. Known keys: {fields}"
+        ) from exc
+
+
+def build_method(method_cfg: Mapping[str, Any] | Any) -> Method:
+    """Instantiate the registered method named by ``method_cfg.name`` with the rest as its config.
+
+    Example:
+        >>> build_method({"name": "clip"})  # doctest: +SKIP
+        <zsad_bench.methods.clip.CLIP object at ...>
+    """
+    name, config = method_config(method_cfg)
+    return METHODS.get(name)(config)
