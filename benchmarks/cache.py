@@ -219,7 +219,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a loaded machine, idle-waiting OpenMP threads distort timings
     report = {"machine": machine(), "cpu": cpu_benchmark(args.images, args.batch)}
     if args.gpu:
         report["gpu"] = gpu_benchmark()

@@ -290,7 +290,8 @@ def _row(name: str, r: dict, ref: dict | None, keys: list[tuple[str, str]]) -> s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pixels", type=float, default=20e6, help="total pixels (518² per image)")
-    parser.add_argument("--skip-cflow-loop", action="store_true", help="skip the slow 200-threshold loop")
+    parser.add_argument("--skip-cflow-loop", action="store_true", help="skip the slow 200-threshold loops")
+    parser.add_argument("--only", help=f"comma-separated engines to run (of {', '.join(WORKERS)}); prints raw results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, help=argparse.SUPPRESS)
@@ -310,7 +311,12 @@ def main() -> None:
         print(f"data: {n_images} images × 518² = {n_images * SIZE**2 / 1e6:.1f} M pixels, {share:.2%} anomalous "
               f"(written in {time.perf_counter() - t0:.0f} s)")  # fmt: skip
         names = [n for n in WORKERS if not (args.skip_cflow_loop and n.startswith("cflow_loop"))]
+        names = args.only.split(",") if args.only else names
         res = {name: _run(name, folder, n_images) for name in names}
+    if args.only:
+        for name, r in res.items():
+            print(name, json.dumps(r))
+        return
     _print_table(res)
 
 

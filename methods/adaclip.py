@@ -412,29 +412,33 @@ class AdaCLIP(Method):
     def _prompted_text(self, words: Sequence[str], prompts: list[torch.Tensor]) -> torch.Tensor:
         """(G, 2, E) text of G (words, prompt set) groups; ``prompts[j]`` is (G, M, D).
 
-        All G·K sentences run through the text encoder in one call, each with its group's prompts,
-        cut after the longest end token (exact under the causal mask).
+        Each group's K sentences run through the text encoder together, with its prompts, cut
+        after their longest end token (exact under the causal mask). One call per group keeps the
+        numbers those of batch size 1 to the last bit (a joint call changes the float summation).
         """
+        import torch
+
+        return torch.stack([self._class_text(w, [p[g : g + 1] for p in prompts]) for g, w in enumerate(words)])
+
+    def _class_text(self, word: str, prompts: list[torch.Tensor]) -> torch.Tensor:
+        """(2, E) [normal, abnormal] text of ``word`` with one prompt set (``prompts[j]``: (1, M, D))."""
         import torch
         import torch.nn.functional as F
 
         from zsad_bench.backbones.prompts import overwrite_prompts
 
         bb, m = self._ready().ctx.backbone, self.cfg.prompt_length
-        emb, eot, n_normal = zip(*(self._word_tokens(w) for w in words), strict=True)
-        k = emb[0].shape[0]
-        emb, eot = torch.cat(emb), torch.cat(eot)  # (G·K, L, D), (G·K,)
-        rows = [p.repeat_interleave(k, dim=0) for p in prompts]  # J × (G·K, M, D)
+        emb, eot, n_normal = self._word_tokens(word)  # (K, L, D), (K,)
         if self.cfg.insertion == "paper":  # prompts inserted after SOT (words kept), then replaced before 2..J
             if int(eot.max()) + m >= emb.shape[1]:
                 raise ValueError(f"adaclip insertion=paper: a sentence is too long for {m} inserted prompt tokens")
-            emb = torch.cat([emb[:, :1], rows[0].to(emb.dtype), emb[:, 1 : emb.shape[1] - m]], dim=1)
+            first = prompts[0].expand(emb.shape[0], -1, -1).to(emb.dtype)  # (K, M, D)
+            emb = torch.cat([emb[:, :1], first, emb[:, 1 : emb.shape[1] - m]], dim=1)
             eot = eot + m
-        hook = overwrite_prompts(rows[1:], first_block=2, start=1)
-        x = bb.encode_token_embeddings(emb, eot, prompts=hook, normalize=True).reshape(len(words), k, -1)
-        normal = x[:, : n_normal[0]].mean(dim=1)  # (G, E)
-        abnormal = x[:, n_normal[0] :].mean(dim=1)
-        return F.normalize(torch.stack([normal, abnormal], dim=1), dim=-1)  # (G, 2, E)
+        hook = overwrite_prompts(prompts[1:], first_block=2, start=1)
+        x = bb.encode_token_embeddings(emb, eot, prompts=hook, normalize=True)  # (K, E)
+        pair = torch.stack([x[:n_normal].mean(dim=0), x[n_normal:].mean(dim=0)])  # (2, E)
+        return F.normalize(pair, dim=-1)
 
     # ------------------------------------------------------------------ HSF
     def _hsf(self, tokens: list[torch.Tensor], logits: list[torch.Tensor]) -> torch.Tensor:

@@ -243,7 +243,7 @@ class AnoCLIP(Method):
     def __init__(self, cfg: AnoCLIPConfig | None = None) -> None:
         super().__init__(cfg if cfg is not None else self.Config())
         _check(self.cfg)
-        self._text: dict[tuple[str, str], _Text] = {}
+        self._text: dict[tuple[str, tuple[str, ...]], _Text] = {}
 
     def setup(self, ctx: Context) -> None:
         """Bind the context; the backbone must be a CLIP ViT (it needs the V-V path)."""
@@ -318,7 +318,7 @@ class AnoCLIP(Method):
         import torch
         import torch.nn.functional as F
 
-        key = (self.class_word(record, class_name), ",".join(self.domains(record.category)))
+        key = (self.class_word(record, class_name), self.domains(record.category))
         if key not in self._text:
             normal, anomalous = self.sentences(record, class_name)
             emb = self.backbone.encode_text(normal + anomalous).float()  # (2N, E) raw
@@ -335,7 +335,7 @@ class AnoCLIP(Method):
         if self.cfg.image_score == "augmented":
             from zsad_bench.features import FeatureSpec, get_features
 
-            spec = FeatureSpec.create(self.backbone, "anoclip_views", views=21)
+            spec = FeatureSpec.create(self.backbone, "anoclip_views", views=21, version=1)  # bump if the views change
             extra = get_features(self.ctx, batch, spec, compute=_view_embeddings, use_cache=self.cfg.cache)
             views = torch.cat([views, extra["views"]], dim=1)  # (B, 22, E)
         return state_probabilities(views, means, self.cfg.logit_scale)[..., 1].mean(dim=1)

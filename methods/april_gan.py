@@ -22,7 +22,9 @@ What it does (the official code, our defaults):
 - image score: softmax(100 · cos(ln_post(CLS) @ proj, text))[anomalous];
 - training: per layer focal(softmax map) + dice(anomalous channel), summed over layers; Adam
   lr 1e-3, betas (0.5, 0.999), batch 8, 3 epochs on MVTec AD / 15 on VisA, seed 111, on the
-  auxiliary dataset's test split; CLIP frozen (its features come from the feature cache);
+  auxiliary dataset's test split, MVTec AD items replaced by 2×2 mosaics of their category with
+  probability 0.2 (``dataset.py::combine_img``, :mod:`zsad_bench.mosaic`; ``mosaic={}`` turns it
+  off); CLIP frozen (its features come from the feature cache, mosaics' are computed);
 - few-shot: memory = raw tokens of the four layers of the k references; per layer
   min over memory of (1 − cos) per query patch, upsampled (``align_corners=True``), summed over
   layers and added to the zero-shot map.
@@ -33,8 +35,6 @@ Differences from the official code, each with its switch:
   map min–max normalised **over the whole test set of a class** (transductive). A method here
   scores one batch at a time, so ``fewshot_image=max_scaled`` uses 0.5 · (score + max(map) /
   (number of layers)) instead; ``fewshot_image=zero_shot`` keeps the zero-shot score.
-- MVTec AD mosaic augmentation (2×2 mosaics with probability 0.2 when training on MVTec AD,
-  ``dataset.py::combine_img``) is not implemented: every auxiliary image is used as it is.
 - ``layer_fusion=mean`` divides the summed map by the number of layers (range [0, 1]);
   ``class_names=prompt`` uses the dataset's prompt words ("pipe fryum") instead of folder names.
 """
@@ -92,6 +92,7 @@ class APRILGANConfig:
     lr: float = 1e-3  # train.sh
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])  # train.py: Adam betas
     train_seed: int | None = 111  # train.py seed; None: the run's seed
+    mosaic: dict[str, float] = field(default_factory=lambda: {"mvtec_ad": 0.2})  # dataset.py: aug_rate on MVTec
 
 
 @register_method("april_gan", **_CARD)
@@ -133,13 +134,19 @@ class APRILGAN(Method):
         return list(self._ready().proj.parameters())
 
     def train_recipe(self, aux: Sequence[str]) -> TrainRecipe:
-        """Adam(1e-3, betas 0.5/0.999), batch 8, 3 epochs on MVTec AD else 15, seed 111 (``train.sh``)."""
+        """Adam(1e-3, betas 0.5/0.999), batch 8, 3 epochs on MVTec AD else 15, seed 111, mosaics (``train.sh``)."""
         from zsad_bench.train import TrainRecipe
 
         c = self.cfg
         epochs = c.epochs if c.epochs is not None else (3 if list(aux) == ["mvtec_ad"] else 15)
         return TrainRecipe(
-            epochs=epochs, batch_size=c.batch_size, lr=c.lr, optimizer="adam", betas=tuple(c.betas), seed=c.train_seed
+            epochs=epochs,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            optimizer="adam",
+            betas=tuple(c.betas),
+            seed=c.train_seed,
+            mosaic=tuple(sorted((str(k), float(v)) for k, v in c.mosaic.items())),
         )
 
     def set_training(self, mode: bool) -> None:
@@ -203,11 +210,11 @@ class APRILGAN(Method):
     def _features(self, batch: Batch) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
         """Raw patch tokens per layer (B, N, D) and the global embedding (B, E), through the cache."""
         from zsad_bench.features import FeatureSpec
-        from zsad_bench.heads import trainable_tokens
+        from zsad_bench.heads import frozen_features, trainable_tokens
 
         ctx = self._ready().ctx
         bb = ctx.backbone
-        feats = ctx.features(batch, FeatureSpec.create(bb, "tokens", layers=self.cfg.layers))
+        feats = frozen_features(ctx, batch, FeatureSpec.create(bb, "tokens", layers=self.cfg.layers))
         p = bb.num_prefix_tokens
         tokens = {layer: trainable_tokens(feats[f"tokens.{layer}"][:, p:]) for layer in self.cfg.layers}
         return tokens, feats["embed"].float()

@@ -29,7 +29,8 @@ def method_config(method_cfg: Mapping[str, Any] | Any) -> tuple[str, Any]:
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    raw = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
+    container = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else method_cfg
+    raw: dict[str, Any] = dict(container)  # type: ignore[arg-type]
     name = raw.pop("name", None)
     if not name:
         raise KeyError("the method config has no 'name'; every conf/method/<name>.yaml starts with `name: <name>`")

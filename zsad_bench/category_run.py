@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from zsad_bench.preprocess import RecordDataset, make_loader, resize_maps
 from zsad_bench.results import metric_entry
 
 __all__ = ["CategoryRun"]
@@ -47,8 +48,6 @@ class CategoryRun:
         references = self._references() if int(job.cfg.shots) > 0 else []
         evaluator = self._evaluator()
         job.recorder.start_category(self.category, self.records)
-        from zsad_bench.preprocess import RecordDataset, make_loader
-
         dataset = RecordDataset(self.records, job.spec, with_masks=job.info.has_masks)
         for loaded in make_loader(dataset, int(e.get("batch_size", 8)), int(e.get("num_workers", 0))):
             for index, reason in loaded.failed:
@@ -72,7 +71,7 @@ class CategoryRun:
         from zsad_bench.metrics import CategoryEvaluator
 
         e, info = self.job.cfg.eval, self.job.info
-        options = {
+        options: dict[str, Any] = {
             "image_metrics": tuple(e.image_metrics),
             "pixel_metrics": tuple(e.pixel_metrics),
             "aupro": str(e.aupro),
@@ -163,8 +162,6 @@ class CategoryRun:
 
     # ------------------------------------------------------------------------- metrics
     def _update(self, evaluator: Any, loaded: Any, kept: list[int], scores: Any, maps: Any) -> None:
-        from zsad_bench.preprocess import resize_maps
-
         if not kept:
             return
         scores = scores.detach().float().cpu()  # (B',)

@@ -61,12 +61,15 @@ def run_job(cfg: Any) -> dict[str, Any]:
             return _brief(done, out)
     result = _header(cfg, out, fingerprint)
     start = time.perf_counter()
+    job = _Job(cfg, out, result)
     try:
-        _Job(cfg, out, result).run()
+        job.run()
     except Exception as exc:
         logger.exception("job %s failed", out)
         result["status"] = "failed"
         result["error"] = _error(exc)
+    finally:
+        job.close()
     result["timings"]["total_s"] = round(time.perf_counter() - start, 3)
     _write(out, result)
     return _brief(result, out)
@@ -178,7 +181,8 @@ def select_categories(info: Any, wanted: Any) -> list[str]:
 def _backbone_facts(ctx: Any, cfg: Any) -> dict[str, Any]:
     """Weights fingerprint and random-weight flag from the built backbone (None if the method never built it)."""
     bb = ctx._backbone
-    random_cfg = cfg.backbone.get("random_weights", None)
+    declared = cfg.backbone.get("weights", None)  # tiny test backbones say `weights: random`
+    random_cfg = cfg.backbone.get("random_weights", declared == "random" if declared is not None else None)
     return {
         "built": bb is not None,
         "weights_fingerprint": getattr(bb, "weights_fingerprint", None),
@@ -204,6 +208,8 @@ class _Job:
         self.timings = result["timings"]
         self.timings.update(setup_s=0.0, fit_s=0.0, predict_s=0.0, loop_s=0.0, images=0)
         self.engine_values: dict[str, dict[str, Any]] = {}
+        self.method: Any = None
+        self.ctx: Any = None
 
     def run(self) -> None:
         """Set up, train if needed, evaluate every category, summarise."""
@@ -228,6 +234,18 @@ class _Job:
         for category in self.categories:
             result["categories"][category] = self._category(category)
         self._finish()
+
+    def close(self) -> None:
+        """Record the backbone facts and cache statistics (also after a failure); free GPU memory."""
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None:
+            self.result["backbone"].update(_backbone_facts(ctx, self.cfg))
+            stats = getattr(ctx.cache, "stats", None)
+            if stats is not None:
+                self.timings["feature_cache"] = dict(stats)
+        self.method = self.ctx = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the next job of a sweep may load another backbone
 
     def _test_facts(self) -> dict[str, Any]:
         info = self.info
@@ -299,10 +317,6 @@ class _Job:
         if not ok:
             message = "every category failed; see categories.*.error"
             result["error"] = {"type": "AllCategoriesFailed", "message": message}
-        result["backbone"].update(_backbone_facts(self.ctx, self.cfg))
-        stats = getattr(self.ctx.cache, "stats", None)
-        if stats is not None:
-            self.timings["feature_cache"] = dict(stats)
         self.recorder.finish(result)
         t = self.timings
         t["loop_s"] = round(t["loop_s"], 3)

@@ -10,6 +10,7 @@ the input size, and train them with focal + dice (``reference-methods.md`` §1.3
   channel (+ dice of the normal channel against ``1 - mask``, AdaCLIP / AnomalyCLIP);
 * :func:`gaussian_smooth`: ``scipy.ndimage.gaussian_filter`` per map (σ = 4 in AdaCLIP,
   AnomalyCLIP, AdaptCLIP);
+* :func:`frozen_features`: features through the cache, mosaic items computed outside it;
 * :func:`trainable_tokens`: frozen features made safe to use in an autograd graph;
 * :class:`SegHeadMethod`: a frozen encoder with a per-layer ``Linear(D, 2)`` segmentation head
   (the DINOv2 and SAM baselines of AdaCLIP's appendix §3); methods subclass it with their layers.
@@ -127,6 +128,32 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.stack([torch.from_numpy(gaussian_filter(m.numpy(), sigma=sigma)) for m in maps])
 
 
+def frozen_features(ctx: Context, batch: Batch, spec: Any) -> dict[str, torch.Tensor]:
+    """``ctx.features(batch, spec)``, with mosaic items (:mod:`zsad_bench.mosaic`) computed outside the cache.
+
+    A mosaic's pixels are not its file's, so its features are computed and never stored; the
+    batch's other images still come from (and go to) the cache.
+    """
+    import torch
+
+    from zsad_bench.features import get_features
+    from zsad_bench.mosaic import is_mosaic
+
+    flags = [is_mosaic(r) for r in batch.records]
+    if not any(flags):
+        return ctx.features(batch, spec)
+    if all(flags):
+        return get_features(ctx, batch, spec, use_cache=False)
+    parts = {}
+    for mosaic in (False, True):
+        idx = [i for i, f in enumerate(flags) if f == mosaic]
+        sub = Batch(batch.images[idx], [batch.records[i] for i in idx], [batch.class_names[i] for i in idx])
+        parts[mosaic] = (idx, get_features(ctx, sub, spec, use_cache=not mosaic))
+    order = torch.tensor(parts[False][0] + parts[True][0]).argsort()  # back to the batch order
+    plain, mosaics = parts[False][1], parts[True][1]
+    return {k: torch.cat([v, mosaics[k]])[order.to(v.device)] for k, v in plain.items()}
+
+
 def trainable_tokens(t: torch.Tensor) -> torch.Tensor:
     """Frozen features as a float32 tensor usable in autograd (inference-mode tensors are copied)."""
     t = t.float()
@@ -155,6 +182,7 @@ class SegHeadConfig:
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     train_seed: int | None = 111  # AdaCLIP train.py; None: the run's seed
+    mosaic: dict[str, float] = field(default_factory=lambda: {"mvtec_ad": 0.2})  # AdaCLIP: 2x2 mosaics on MVTec AD
 
 
 class SegHeadMethod(Method):
@@ -200,6 +228,7 @@ class SegHeadMethod(Method):
             betas=tuple(c.betas),
             weight_decay=c.weight_decay,
             seed=c.train_seed,
+            mosaic=tuple(sorted((str(k), float(v)) for k, v in c.mosaic.items())),
         )
 
     def set_training(self, mode: bool) -> None:
@@ -245,7 +274,7 @@ class SegHeadMethod(Method):
         head, ctx = self._head(), self.ctx
         bb = ctx.backbone
         opts = {"norm": True} if self.cfg.norm else {}
-        feats = ctx.features(batch, FeatureSpec.create(bb, "tokens", layers=self.cfg.layers, **opts))
+        feats = frozen_features(ctx, batch, FeatureSpec.create(bb, "tokens", layers=self.cfg.layers, **opts))
         p = bb.num_prefix_tokens
         tokens = {layer: trainable_tokens(feats[f"tokens.{layer}"][:, p:]) for layer in self.cfg.layers}
         size = batch.images.shape[-1]

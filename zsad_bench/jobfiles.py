@@ -113,7 +113,9 @@ class JobRecorder:
 
     def start_category(self, category: str, records: Sequence[SampleRecord]) -> None:
         """Reset the per-category state and pick the example images."""
-        self.examples = {records[i].key: {} for i in choose_examples(records, self.n_examples)}
+        self.examples: dict[str, dict[str, Any]] = {
+            records[i].key: {} for i in choose_examples(records, self.n_examples)
+        }
         self.lo, self.hi = float("inf"), float("-inf")
         self.curve: dict[str, list[Any]] = {"scores": [], "labels": [], "maps": [], "masks": []}
 
@@ -131,7 +133,7 @@ class JobRecorder:
             self.scores.append((record.key, category, record.defect_type, record.label, score))
             self.lo, self.hi = min(self.lo, float(amap.min())), max(self.hi, float(amap.max()))
             if record.key in self.examples:
-                small = _pool(amap, _fit(tuple(amap.shape), self.example_size), "avg").half()
+                small = _pool(amap, _fit((amap.shape[0], amap.shape[1]), self.example_size), "avg").half()
                 self.examples[record.key] = {"record": record, "score": score, "map": small}
             if self.save_curves:
                 self.curve["scores"].append(score)
@@ -184,14 +186,17 @@ class JobRecorder:
 
     def _write_curves(self, category: str) -> None:
         c = self.curve
-        arrays = {"scores": np.asarray(c["scores"], np.float64), "labels": np.asarray(c["labels"], np.int8)}
+        arrays: dict[str, np.ndarray] = {
+            "scores": np.asarray(c["scores"], np.float64),
+            "labels": np.asarray(c["labels"], np.int8),
+        }
         shapes = {a.shape for a in c["maps"]}
         if c["maps"] and len(shapes) == 1:  # native maps of different sizes are not stacked
             arrays["maps"] = np.stack(c["maps"])
             arrays["masks"] = np.stack(c["masks"])
         folder = self.out / "curves"
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / f"{safe_name(category)}.npz", **arrays)
+        np.savez_compressed(folder / f"{safe_name(category)}.npz", **arrays)  # type: ignore[arg-type]
 
     def finish(self, result: Mapping[str, Any]) -> None:
         """Write ``scores.csv`` for every evaluated image of the job."""

@@ -87,11 +87,14 @@ def _image_and_mask(meta: dict[str, Any], hw: tuple[int, int]) -> tuple[np.ndarr
 
     from zsad_bench.imageio import load_image, load_mask
 
-    image = np.asarray(load_image(Path(meta["image_path"])).resize((hw[1], hw[0]), Image.BICUBIC))
+    image = np.asarray(load_image(Path(meta["image_path"])).resize((hw[1], hw[0]), Image.Resampling.BICUBIC))
     mask = None
     if meta.get("mask_path"):
         raw = load_mask(Path(meta["mask_path"]), int(meta.get("mask_threshold", 0)))
-        mask = np.asarray(Image.fromarray(raw.astype(np.uint8) * 255).resize((hw[1], hw[0]), Image.NEAREST)) > 127
+        mask = (
+            np.asarray(Image.fromarray(raw.astype(np.uint8) * 255).resize((hw[1], hw[0]), Image.Resampling.NEAREST))
+            > 127
+        )
     elif meta.get("label") == 0:
         mask = np.zeros(hw, bool)
     return image, mask

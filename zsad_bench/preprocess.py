@@ -64,8 +64,8 @@ class PreprocessSpec:
     """
 
     size: int
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    mean: tuple[float, ...] = CLIP_MEAN
+    std: tuple[float, ...] = CLIP_STD
     interpolation: str = "bicubic"
     resolution: str = "input"
     mask_threshold: int = 0
@@ -118,10 +118,10 @@ def _pil_filter(name: str) -> int:
     from PIL import Image
 
     return {
-        "nearest": Image.NEAREST,
-        "bilinear": Image.BILINEAR,
-        "bicubic": Image.BICUBIC,
-        "lanczos": Image.LANCZOS,
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "lanczos": Image.Resampling.LANCZOS,
     }[name]
 
 
@@ -144,7 +144,7 @@ def mask_to_input(mask: np.ndarray, size: int) -> np.ndarray:
     """
     from PIL import Image
 
-    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img) >= 128  # v / 255 > 0.5  <=>  v >= 128 for 8-bit values
 
 
@@ -185,17 +185,15 @@ class RecordDataset(torch.utils.data.Dataset):
         from zsad_bench.imageio import load_image, load_mask
 
         image = load_image(record.image_path)
-        mask = None
-        if self.with_masks:
-            h, w = image.height, image.width
-            if record.mask_path is not None:
-                mask = load_mask(record.mask_path, self.spec.mask_threshold)
-            else:  # normal images (and anomalous ones without a mask file) have an empty mask
-                mask = np.zeros((h, w), bool)
-            if self.spec.resolution == "input":
-                mask = mask_to_input(mask, self.spec.size)
-            mask = torch.from_numpy(np.ascontiguousarray(mask))
-        return {"image": preprocess_image(image, self.spec), "mask": mask}
+        if not self.with_masks:
+            return {"image": preprocess_image(image, self.spec), "mask": None}
+        if record.mask_path is not None:
+            mask = load_mask(record.mask_path, self.spec.mask_threshold)
+        else:  # normal images (and anomalous ones without a mask file) have an empty mask
+            mask = np.zeros((image.height, image.width), bool)
+        if self.spec.resolution == "input":
+            mask = mask_to_input(mask, self.spec.size)
+        return {"image": preprocess_image(image, self.spec), "mask": torch.from_numpy(np.ascontiguousarray(mask))}
 
 
 @dataclass

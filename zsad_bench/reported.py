@@ -59,8 +59,9 @@ def load_reported(path: Path | str | None) -> pd.DataFrame:
 
 def _source_label(row: pd.Series) -> str:
     parts = [str(row["source"])]
-    if str(row["table"]).strip():
-        parts.append(f"T{row['table']}")
+    table = str(row["table"]).strip()
+    if table:
+        parts.append(f"T{table}" if table.isdigit() else table)
     if str(row["page"]).strip():
         parts.append(f"p.{row['page']}")
     return " ".join(parts)

@@ -140,8 +140,8 @@ def config_fingerprint(cfg: Any, ignore: Iterable[str] = FINGERPRINT_IGNORE) -> 
     """
     from omegaconf import DictConfig, OmegaConf
 
-    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
-    tree = dict(tree)
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
+    tree: dict[str, Any] = dict(plain)  # type: ignore[arg-type]
     tree.pop("hydra", None)
     for key in ignore:
         _drop(tree, key)

@@ -250,7 +250,7 @@ def to_latex(t: Table, pair: bool = False, label: str = "tab:leaderboard") -> st
         r"\centering",
         rf"\caption{{{latex_escape(t.title)}}}",
         rf"\label{{{label}}}",
-        r"\resizebox{\linewidth}{!}{%" if n_cols > 8 else "",
+        r"\resizebox{\linewidth}{!}{%" if n_cols > 6 else "",
         rf"\begin{{tabular}}{{l{'c' * n_cols}}}",
         r"\toprule",
         *_tex_header(t, pair),
@@ -258,7 +258,7 @@ def to_latex(t: Table, pair: bool = False, label: str = "tab:leaderboard") -> st
     ]
     for r in t.rows:
         lines.append(_tex_row([latex_escape(r.label + r.marks), *_cells(t, r, "tex", pair)]))
-    lines += [r"\bottomrule", r"\end{tabular}", "}" if n_cols > 8 else ""]
+    lines += [r"\bottomrule", r"\end{tabular}", "}" if n_cols > 6 else ""]
     if t.footnotes:
         lines.append(r"\par\footnotesize " + r" \\ ".join(latex_escape(n) for n in t.footnotes))
     lines.append(r"\end{table}")

@@ -128,6 +128,7 @@ class TrainRecord:
         steps: optimizer steps taken in this call.
         losses: mean loss per epoch (all epochs, also those of an earlier interrupted run).
         seconds: training time of this call.
+        epoch_seconds: wall time of each epoch trained in this call.
         protocol: the zero-shot guard's record (see :class:`~zsad_bench.protocol.ProtocolRecord`).
         recipe: the recipe used.
         resumed_from: the epoch an interrupted run had finished, else None.
@@ -145,6 +146,7 @@ class TrainRecord:
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
     protocol: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     resumed_from: int | None = None
@@ -317,6 +319,7 @@ class _Training:
     def run(self, partial: Mapping[str, Any] | None) -> dict[str, Any]:
         """Train the remaining epochs; returns the record fields (status, steps, losses, seconds, resumed_from)."""
         start, losses, resumed = 1, [], None
+        self.epoch_seconds: list[float] = []
         if partial is not None and self._resume(partial):
             resumed, losses = int(partial["epoch"]), list(partial.get("losses", []))
             start = resumed + 1
@@ -335,6 +338,7 @@ class _Training:
             "steps": self.loop.steps,
             "losses": losses,
             "seconds": seconds,
+            "epoch_seconds": self.epoch_seconds,
             "resumed_from": resumed,
         }
 
@@ -385,7 +389,8 @@ class _Training:
                 f"{self.store.tag}: {exc}. Training stopped; {kept}. Try a lower train.lr, train.amp=false, "
                 "or check the auxiliary images; train.retrain=true starts again from scratch."
             ) from exc
-        logger.info("%s: loss %.5f (%.1f s)", desc, loss, time.perf_counter() - t)
+        self.epoch_seconds.append(round(time.perf_counter() - t, 3))
+        logger.info("%s: loss %.5f (%.1f s)", desc, loss, self.epoch_seconds[-1])
         self.method.end_of_epoch(epoch, self.recipe.epochs)  # validation / epoch selection, before the checkpoint
         self._save(epoch, [*previous, loss], complete=epoch == self.recipe.epochs)
         return loss

@@ -127,15 +127,22 @@ def test_latex_pair_cells_and_multicolumn_headers(tmp_path, job_writer):
     assert r"\multicolumn{2}{c}{mvtec\_ad}" in wide
     assert r"\cmidrule(lr){2-3}" in wide
     assert "(**90.0**, <u>50.0</u>)" in to_markdown(t, pair=True)
+    _compile(pair + wide, tmp_path)
+
+
+def _compile(tex: str, folder) -> None:
+    """Compile with pdflatex when it is installed (the shape checks run everywhere)."""
+    if shutil.which("pdflatex") is None:
+        return
+    doc = "\\documentclass{article}\\usepackage{booktabs}\\usepackage{graphicx}\\begin{document}\n" + tex
+    (folder / "t.tex").write_text(doc + "\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "t.tex"], cwd=folder, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:]
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
 def test_latex_compiles(three, tmp_path):
-    body = to_latex(leaderboard_table(three, ["image_auroc"]))
-    doc = "\\documentclass{article}\\usepackage{booktabs}\\usepackage{graphicx}\\begin{document}\n" + body
-    (tmp_path / "t.tex").write_text(doc + "\\end{document}\n")
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "t.tex"], cwd=tmp_path, capture_output=True)
-    assert proc.returncode == 0, proc.stdout[-2000:]
+    _compile(to_latex(leaderboard_table(three, ["image_auroc"])), tmp_path)
 
 
 def test_latex_escape():
@@ -282,3 +289,9 @@ def test_leaderboard_command_on_an_empty_folder(tmp_path, capsys):
     assert command.main([str(tmp_path)]) == 1
     assert command.main([str(tmp_path / "missing")]) == 1
     assert "metrics.json" in capsys.readouterr().err
+
+
+def test_leaderboard_command_filters_reported_sources(with_random, tmp_path):
+    assert command.main([str(tmp_path / "res"), "--quiet", "--sources", "Other", "--out", str(tmp_path / "o")]) == 0
+    assert not (tmp_path / "o" / "reported_comparison.csv").exists()
+    assert "Δ" not in (tmp_path / "o" / "leaderboard.md").read_text()

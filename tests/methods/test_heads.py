@@ -92,12 +92,12 @@ def test_gaussian_smooth_matches_scipy_and_keeps_the_mass():
 
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_a_few_steps_lower_the_loss_and_the_head_round_trips(method, tmp_path):
-    m = make(method)
+    m = make(method, cache=tmp_path / "cache")  # epochs after the first read the cached tokens
     batch = batch_for(m, n=4, masks=True)
-    losses = fit_batches(m, [batch], TrainRecipe(epochs=6, batch_size=4, lr=0.05, optimizer="adamw", seed=0))
+    losses = fit_batches(m, [batch], TrainRecipe(epochs=4, batch_size=4, lr=0.05, optimizer="adamw", seed=0))
     assert losses[-1] < losses[0]
     save_state(tmp_path / "head.safetensors", m.learnable_state())
-    other = make(method)
+    other = make(method, cache=tmp_path / "cache")
     assert not torch.equal(other.predict(batch).anomaly_maps, m.predict(batch).anomaly_maps)
     other.load_learnable_state(load_state(tmp_path / "head.safetensors"))
     assert torch.equal(other.predict(batch).anomaly_maps, m.predict(batch).anomaly_maps)
@@ -149,3 +149,25 @@ def test_trained_dinov2_head_beats_chance_on_held_out_synthetic_categories(tmp_p
     # measured: 0.527 untrained → 0.594 trained (seed 0); a real but small learning signal
     assert after > 0.56
     assert after > before + 0.03
+
+
+def test_mosaic_items_bypass_the_cache_and_keep_the_batch_order(tmp_path):
+    import dataclasses
+
+    from zsad_bench.features import FeatureSpec
+    from zsad_bench.heads import frozen_features
+    from zsad_bench.mosaic import MOSAIC
+
+    m = make("dinov2_head", cache=tmp_path / "cache")
+    batch = batch_for(m, n=3, seed=4)
+    for i, r in enumerate(batch.records):  # real files, so that the cache keys them by path
+        (tmp_path / r.image_path.name).write_bytes(b"x")
+        batch.records[i] = dataclasses.replace(r, image_path=tmp_path / r.image_path.name)
+    batch.records[1] = dataclasses.replace(batch.records[1], defect_type=MOSAIC)
+    spec = FeatureSpec.create(m.ctx.backbone, "tokens", layers=[3], dtype="fp32")
+    feats = frozen_features(m.ctx, batch, spec)
+    direct = m.ctx.backbone.image_tokens(batch.images, [3]).layers[3]
+    torch.testing.assert_close(feats["tokens.3"], direct, rtol=1e-5, atol=1e-5)
+    assert m.ctx.cache.stats["writes"] == 2  # the mosaic was not stored
+    r = build_method(compose("dinov2_head").method).train_recipe(["mvtec_ad"])
+    assert r.mosaic == (("mvtec_ad", 0.2),)

@@ -67,17 +67,18 @@ def test_streaming_equals_sklearn_on_all_pixels() -> None:
     assert res["pixel_aupro"].value == pytest.approx(aupro(data["maps"], data["masks"]), abs=1e-12)
 
 
-def test_small_blocks_give_the_same_result() -> None:
+@pytest.mark.parametrize("group_chunk", [1, 7, 1 << 18])
+def test_small_blocks_and_chunks_give_the_same_result(group_chunk: int) -> None:
     from zsad_bench.metrics._pixel import PixelAccumulator
 
     data = category(3, n=12, size=16)
     ref = values(evaluate(data, [np.arange(12)]))
     ev = CategoryEvaluator((), ALL_PIXEL)
-    ev._pixels = PixelAccumulator("exact", 8, block_size=37)  # many sorted blocks
+    ev._pixels = PixelAccumulator("exact", 8, block_size=37, group_chunk=group_chunk)  # many sorted blocks
     for i in range(12):
         ev.update(None, None, data["maps"][i : i + 1], data["masks"][i : i + 1])
     got = values(ev.compute())
-    assert same({k: ref[k] for k in got}, got)
+    assert got == pytest.approx({k: ref[k] for k in got}, abs=1e-12)
     assert len(ev._pixels.negatives.blocks) > 10
 
 

@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", type=int, default=1, help="decimals shown (default 1)")
     p.add_argument("--reported", type=Path, default=None, help="paper_reported.csv (default: found next to RESULTS)")
     p.add_argument("--no-reported", action="store_true", help="leave the papers' reported numbers out")
+    p.add_argument("--sources", default=None, help="comma-separated reported sources to show (default: all)")
     p.add_argument("--compare-random", action="store_true", help="compare random-weight rows with reported numbers too")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RESULTS/leaderboard)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -81,7 +82,10 @@ def write_all(results_dir: Path, out: Path, args: argparse.Namespace) -> tuple[s
     written: list[Path] = []
     reported_path = None if args.no_reported else (args.reported or find_reported(results_dir))
     if reported_path is not None:
-        comparison = rp.reported_comparison(res, rp.load_reported(reported_path), compare_random=args.compare_random)
+        reported = rp.load_reported(reported_path)
+        if _split(args.sources):
+            reported = reported[reported["source"].isin(_split(args.sources))]
+        comparison = rp.reported_comparison(res, reported, compare_random=args.compare_random)
         if not comparison.empty:
             rp.add_reported(main_table, comparison)
             out.mkdir(parents=True, exist_ok=True)

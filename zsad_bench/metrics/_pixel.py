@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from zsad_bench.metrics._arrays import as_mask, as_numpy, as_scores, is_cuda, is_torch
 from zsad_bench.metrics._histogram import HistogramStore
-from zsad_bench.metrics._ranking import TieGroups, groups_from_sorted
+from zsad_bench.metrics._ranking import TieGroups, iter_groups
 from zsad_bench.metrics._store import PositiveStore, make_sorted_store
 from zsad_bench.metrics.regions import label_regions
 
@@ -29,6 +30,7 @@ class PixelAccumulator:
         hist_bits: histogram resolution.
         block_size: values per sorted block of negatives (exact mode).
         with_regions: label ground-truth regions (needed by AUPRO only).
+        group_chunk: tie groups evaluated at a time at ``compute`` (bounds its temporaries).
     """
 
     def __init__(
@@ -39,11 +41,12 @@ class PixelAccumulator:
         hist_bits: int = 24,
         block_size: int = 1 << 24,
         with_regions: bool = True,
+        group_chunk: int = 1 << 18,
     ) -> None:
         if backend not in ("auto", "numpy", "torch"):
             raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
         self.mode, self.connectivity, self.backend = mode, connectivity, backend
-        self.with_regions = with_regions
+        self.with_regions, self.group_chunk = with_regions, group_chunk
         self.hist_bits, self.block_size = hist_bits, block_size
         self.reset()
 
@@ -156,14 +159,14 @@ class PixelAccumulator:
         """(scores, PRO weights) of the positives, descending (exact mode)."""
         return self.positives.sorted_desc()
 
-    def groups(self, pos_desc: np.ndarray | None = None, weight_desc: np.ndarray | None = None) -> TieGroups:
-        """Tie groups of the positives (exact: distinct scores; histogram: bins)."""
-        if self.hist is not None:
-            return self.hist.groups()
-        if pos_desc is None:
-            pos_desc, weight_desc = self.sorted_positives()
-        lt, le = self.negatives.count_lt_le(pos_desc[::-1])
-        return groups_from_sorted(pos_desc, weight_desc, lt[::-1], le[::-1], self.n_neg, self.n_regions)
+    def groups(self) -> TieGroups:
+        """The positive bins as tie groups (histogram mode)."""
+        return self.hist.groups()
+
+    def chunks(self, pos_desc: np.ndarray, weight_desc: np.ndarray | None) -> Iterator[TieGroups]:
+        """Tie groups of the sorted positives, a chunk at a time (exact mode)."""
+        count = self.negatives.count_lt_le
+        return iter_groups(pos_desc, weight_desc, count, self.n_neg, self.n_regions, self.group_chunk)
 
     def extremes(self) -> tuple[Any, Any] | None:
         """(min, max) over all stored scores (exact mode)."""

@@ -29,7 +29,7 @@ from zsad_bench.metrics._ranking import (
     ap_trapezoid_from_groups,
     auroc_from_groups,
     f1max_from_groups,
-    groups_from_sorted,
+    groups_of,
 )
 
 __all__ = ["aupro", "auroc", "average_precision", "f1_max"]
@@ -46,10 +46,7 @@ def _groups(scores: Any, labels: Any) -> TieGroups | None:
     if np.isnan(s).any() or y.all() or not y.any():
         logger.debug("metric undefined: NaN scores or a single class")
         return None
-    neg = np.sort(s[~y])
-    pos_desc = np.sort(s[y])[::-1]
-    lt, le = np.searchsorted(neg, pos_desc, "left"), np.searchsorted(neg, pos_desc, "right")
-    return groups_from_sorted(pos_desc, None, lt, le, neg.size, 0)
+    return groups_of(s, y)
 
 
 def auroc(scores: Any, labels: Any) -> float:

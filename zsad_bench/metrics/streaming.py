@@ -13,7 +13,8 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,7 +30,7 @@ from zsad_bench.metrics._ranking import (
     aupro_from_groups,
     auroc_from_groups,
     f1max_from_groups,
-    groups_from_sorted,
+    groups_of,
 )
 from zsad_bench.metrics.definitions import (
     AP_VARIANTS,
@@ -202,10 +203,7 @@ class CategoryEvaluator:
         reason = reason or self._one_class("images", int((labels == 1).sum()), int((labels == 0).sum()))
         if reason:
             return self._nan(keys, reason, defs)
-        neg = np.sort(scores[labels == 0])
-        pos_desc = np.sort(scores[labels == 1])[::-1]
-        lt, le = np.searchsorted(neg, pos_desc, "left"), np.searchsorted(neg, pos_desc, "right")
-        groups = groups_from_sorted(pos_desc, None, lt, le, neg.size, 0)
+        groups = groups_of(scores, labels == 1)
         return {k: MetricValue(self._from_groups(k, groups), None, defs[k]) for k in keys}
 
     def _undefined(self, level: str, n: int, n_nan: int, n_inf: int, first: int | None = None) -> str | None:
@@ -253,21 +251,30 @@ class CategoryEvaluator:
         if self.mode == "histogram":
             return self._histogram_values(keys, defs)
         pos_desc, weight_desc = acc.sorted_positives()
-        groups: TieGroups | None = None
+        steps = {k: parse_aupro_variant(self.aupro) if k == "pixel_aupro" else None for k in keys}
+        steps.update({k: 200 for k in keys if k == "pixel_aupro_cflow200"})
+        ranked = self._over_chunks([k for k in keys if steps[k] is None], acc.chunks(pos_desc, weight_desc))
         out = {}
         for key in keys:
-            steps = parse_aupro_variant(self.aupro) if key == "pixel_aupro" else None
-            steps = 200 if key == "pixel_aupro_cflow200" else steps
-            if steps is None:
-                groups = groups or acc.groups(pos_desc, weight_desc)
-                out[key] = MetricValue(self._from_groups(key, groups), None, defs[key])
+            if steps[key] is None:
+                out[key] = MetricValue(ranked[key], None, defs[key])
                 continue
             value, why = cflow_aupro(
-                acc.negatives.count_le, acc.n_neg, pos_desc, weight_desc, acc.n_regions, acc.extremes(), steps,
+                acc.negatives.count_le, acc.n_neg, pos_desc, weight_desc, acc.n_regions, acc.extremes(), steps[key],
                 self.fpr_limit,
             )  # fmt: skip
             out[key] = MetricValue(value, why, defs[key])
         return out
+
+    def _over_chunks(self, keys: Sequence[str], chunks: Iterator[TieGroups]) -> dict[str, float]:
+        """Metrics from tie groups evaluated chunk by chunk: shares are summed, F1-max is a max."""
+        if not keys:
+            return {}
+        shares: dict[str, list[float]] = {k: [] for k in keys}
+        for g in chunks:
+            for key in keys:
+                shares[key].append(self._from_groups(key, g))
+        return {k: max(v) if k.endswith("f1max") else math.fsum(v) for k, v in shares.items()}
 
     def _histogram_values(self, keys: Sequence[str], defs: dict[str, str]) -> dict[str, MetricValue]:
         groups = self._pixels.groups()
