@@ -22,14 +22,6 @@ import torch.nn.functional as F
 __all__ = ["bce_loss", "binary_dice_loss", "cross_entropy_loss", "focal_loss"]
 
 
-def _flatten_probs(probs: torch.Tensor) -> torch.Tensor:
-    """(B, C, ...) → (B·..., C)."""
-    if probs.ndim < 2:
-        raise ValueError(f"focal_loss expects probabilities of shape (B, C[, H, W]), got {tuple(probs.shape)}")
-    c = probs.shape[1]
-    return probs.reshape(probs.shape[0], c, -1).transpose(1, 2).reshape(-1, c)  # (B·H·W, C)
-
-
 def focal_loss(
     probs: torch.Tensor,
     target: torch.Tensor,
@@ -55,21 +47,23 @@ def focal_loss(
         >>> round(float(focal_loss(p, torch.tensor([0]))), 6)  # -(1 - 0.9)^2 log 0.9
         0.001054
     """
-    flat = _flatten_probs(probs)  # (N, C)
-    n, c = flat.shape
-    idx = target.reshape(-1).long()
-    if idx.numel() != n:
-        raise ValueError(
-            f"focal_loss: target has {idx.numel()} elements, probabilities {n} (shape {tuple(probs.shape)})"
-        )
-    p_true = flat.gather(1, idx[:, None])[:, 0]  # (N,) probability of the target class
-    # Σ(clamped one-hot · p) + smooth: target weight 1 - smooth, every other class smooth / (C - 1)
-    others = flat.sum(dim=1) - p_true
-    p_t = p_true * (1.0 - smooth) + others * (smooth / (c - 1)) + smooth if smooth else p_true
-    weight = torch.ones(c, dtype=flat.dtype, device=flat.device) if alpha is None else flat.new_tensor(list(alpha))
-    if weight.numel() != c:
-        raise ValueError(f"focal_loss: alpha has {weight.numel()} values for {c} classes")
-    loss = -weight[idx] * (1.0 - p_t).pow(gamma) * p_t.log()
+    if probs.ndim < 2:
+        raise ValueError(f"focal_loss expects probabilities of shape (B, C[, H, W]), got {tuple(probs.shape)}")
+    b, c = probs.shape[:2]
+    p = probs.reshape(b, c, -1)  # (B, C, P): no transpose, the class axis stays in place
+    idx = target.reshape(b, 1, -1).long() if target.numel() == p[:, 0].numel() else None
+    if idx is None:
+        raise ValueError(f"focal_loss: target has {target.numel()} elements for probabilities {tuple(probs.shape)}")
+    p_true = p.gather(1, idx)[:, 0]  # (B, P) probability of the target class
+    # Σ(clamped one-hot · p) + smooth: weight 1 - smooth on the target class, smooth / (C - 1) on the others
+    off = smooth / (c - 1) if smooth else 0.0
+    p_t = p_true * (1.0 - smooth - off) + p.sum(dim=1) * off + smooth if smooth else p_true
+    loss = -(1.0 - p_t).pow(gamma) * p_t.log()  # (B, P)
+    if alpha is not None:
+        weight = p.new_tensor(list(alpha))
+        if weight.numel() != c:
+            raise ValueError(f"focal_loss: alpha has {weight.numel()} values for {c} classes")
+        loss = loss * weight[idx[:, 0]]
     return loss.mean()
 
 
