@@ -57,6 +57,7 @@ def demo(session: nox.Session) -> None:
     install_wheel(session)
     session.run("zsad-bench", "-m", "experiment=demo", *session.posargs, env=ENV)
     session.run("zsad-bench", "leaderboard", "results/demo", env=ENV)
+    session.run("zsad-bench", "plot", "all", "results/demo", env=ENV)
 
 
 @nox.session(python="3.11")

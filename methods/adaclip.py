@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from zsad_bench.context import Context
     from zsad_bench.train import TrainRecipe
 
-__all__ = ["AdaCLIP", "AdaCLIPConfig", "hsf_code", "hsf_paper", "kmeans_labels"]
+__all__ = ["AdaCLIP", "AdaCLIPConfig", "from_official_state_dict", "hsf_code", "hsf_paper", "kmeans_labels"]
 
 _CARD = {
     "title": "AdaCLIP (hybrid learnable prompts, hybrid semantic fusion)",
@@ -520,6 +520,43 @@ def _segmentation_terms(probs: torch.Tensor, gt: torch.Tensor, dice: str) -> dic
         "dice": binary_dice_loss(anomalous, target),
         "dice_normal": binary_dice_loss(normal, 1.0 - target),
     }
+
+
+def from_official_state_dict(state: Mapping[str, torch.Tensor], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Rename the official learnable parameters (``AdaCLIP_Trainer.save``) to :meth:`AdaCLIP.learnable_state` keys.
+
+    Args:
+        state: ``clip_model.{visual,text}_prompter.static_prompts.j``, ``clip_model.patch_token_layer.head.i.*``,
+            ``clip_model.cls_token_layer.head.0.*``, ``clip_model.dynamic_{visual,text}_prompt_generator.head.m.*``
+            (the ``clip_model.`` prefix is optional); other entries are ignored.
+        layers: the output layers, in order (``head.i`` is the i-th).
+
+    Returns:
+        A state for ``load_learnable_state`` (convert a ``.pth`` with ``torch.load`` first, save as safetensors).
+
+    Example:
+        >>> import torch
+        >>> sorted(from_official_state_dict({"clip_model.patch_token_layer.head.1.bias": torch.zeros(2)}, [6, 12]))
+        ['patch_proj.12.bias']
+    """
+    renames = {
+        "visual_prompter.static_prompts.": "vision_static.",
+        "text_prompter.static_prompts.": "text_static.",
+        "cls_token_layer.head.0.": "cls_proj.",
+        "dynamic_visual_prompt_generator.head.": "vision_gen.",
+        "dynamic_text_prompt_generator.head.": "text_gen.",
+    }
+    out = {}
+    for key, value in state.items():
+        name = key.removeprefix("clip_model.")
+        if name.startswith("patch_token_layer.head."):
+            index, rest = name.removeprefix("patch_token_layer.head.").split(".", 1)
+            out[f"patch_proj.{layers[int(index)]}.{rest}"] = value
+            continue
+        for old, new in renames.items():
+            if name.startswith(old):
+                out[new + name.removeprefix(old)] = value
+    return out
 
 
 # ----------------------------------------------------------------------------- hybrid semantic fusion

@@ -1,15 +1,19 @@
-"""Build a registered method from its config group, validated against the method's ``Config`` dataclass."""
+"""Build registered methods and datasets from their config groups (methods validated against ``Config``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from zsad_bench.registry import METHODS
-from zsad_bench.types import Method
+from zsad_bench.registry import DATASETS, METHODS
+from zsad_bench.types import DatasetFamily, Method
 
-__all__ = ["build_method", "method_config"]
+__all__ = ["DATASET_CONFIG_KEYS", "build_dataset", "build_method", "method_config"]
+
+# keys of conf/dataset/<name>.yaml that describe the run, not the loader
+DATASET_CONFIG_KEYS = frozenset({"root", "name", "categories", "aux", "domain", "options"})
 
 
 def method_config(method_cfg: Mapping[str, Any] | Any) -> tuple[str, Any]:
@@ -60,3 +64,19 @@ def build_method(method_cfg: Mapping[str, Any] | Any) -> Method:
     """
     name, config = method_config(method_cfg)
     return METHODS.get(name)(config)
+
+
+def build_dataset(name: str, options: Mapping[str, Any] | None = None) -> DatasetFamily:
+    """Instantiate a registered dataset family with its loader options (``dataset.options``).
+
+    Raises:
+        KeyError: an unknown dataset (with close matches).
+        TypeError: an option the loader does not take, listing the ones it does.
+    """
+    cls = DATASETS.get(name)
+    opts = {k: v for k, v in (options or {}).items() if k not in DATASET_CONFIG_KEYS}
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(opts) - set(params))
+    if unknown:
+        raise TypeError(f"dataset {name!r} has no option(s) {unknown}; options: {sorted(params) or 'none'}")
+    return cls(**opts)

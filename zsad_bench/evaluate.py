@@ -163,18 +163,25 @@ def _device(name: str) -> str:
     return name
 
 
-def select_categories(info: Any, wanted: Any) -> list[str]:
+def select_categories(info: Any, wanted: Any, available: Any = None) -> list[str]:
     """The categories of a run: ``all`` or a list (unknown names raise).
+
+    Args:
+        info: the dataset's info.
+        wanted: ``all`` or a list of names.
+        available: the categories found on disk (``meta_json`` and ``folder`` datasets read
+            them from the data); ``info.categories`` when None.
 
     Raises:
         KeyError: naming the unknown categories and the dataset's categories.
     """
+    known = list(info.categories if available is None else available)
     if wanted in (None, "all"):
-        return list(info.categories)
+        return known
     names = [wanted] if isinstance(wanted, str) else [str(c) for c in wanted]
-    unknown = [c for c in names if c not in info.categories]
+    unknown = [c for c in names if c not in known]
     if unknown:
-        raise KeyError(f"{info.name} has no categories {unknown}; categories: {', '.join(info.categories)}")
+        raise KeyError(f"{info.name} has no categories {unknown}; categories: {', '.join(known)}")
     return names
 
 
@@ -213,15 +220,17 @@ class _Job:
 
     def run(self) -> None:
         """Set up, train if needed, evaluate every category, summarise."""
-        from zsad_bench.registry import DATASETS, METHODS
+        from zsad_bench.build import build_dataset
+        from zsad_bench.registry import METHODS
 
         cfg, result = self.cfg, self.result
         _seed_everything(int(cfg.seed))
         self.device = _device(str(cfg.get("device", "auto")))
         result["device"] = self.device
-        self.family = DATASETS.get(cfg.dataset.name)()
+        self.family = build_dataset(cfg.dataset.name, cfg.dataset.get("options"))
         self.info = self.family.info()
-        self.categories = select_categories(self.info, cfg.dataset.get("categories", "all"))
+        available = self.family.available_categories(Path(cfg.dataset.root))
+        self.categories = select_categories(self.info, cfg.dataset.get("categories", "all"), available)
         result["test"].update(self._test_facts())
         card = METHODS.card(cfg.method.name)
         result["method"]["card"] = dataclasses.asdict(card)

@@ -313,6 +313,7 @@ class _Training:
         self.meta: dict[str, Any] = {}
         if not self.backbone_cfg.get("input_size"):
             raise KeyError("training needs backbone.input_size to preprocess the auxiliary images")
+        self.kept = self._keep_decoded()  # decoded items reused by later epochs (None: decode every epoch)
         seed_all(seed)
         self.loop = Loop(method, recipe, device, amp=bool(train_cfg.get("amp", True)))
 
@@ -356,19 +357,38 @@ class _Training:
         return True
 
     def _loader(self, epoch: int) -> Iterator[Batch | None]:
+        """The epoch's batches in its seeded order: decoded, or from the decoded items kept in memory."""
         import torch
 
+        order = epoch_order(len(self.aux.records), self.seed, epoch)
+        size = self.recipe.batch_size
+        if self.kept is not None and len(self.kept) == len(order):
+            chunks = (order[i : i + size] for i in range(0, len(order), size))
+            return (to_batch([self.kept[i] for i in chunk], self.aux, self.device) for chunk in chunks)
         mosaic = dict(self.recipe.mosaic)
         dataset = AuxDataset(self.aux, self.backbone_cfg, mosaic=mosaic, seed=self.seed, epoch=epoch)
-        order = epoch_order(len(dataset), self.seed, epoch)
         loader = torch.utils.data.DataLoader(
             dataset,  # type: ignore[arg-type]
-            batch_size=self.recipe.batch_size,
+            batch_size=size,
             sampler=order,
             num_workers=int(self.train_cfg.get("num_workers") or 0),
             collate_fn=_items,
         )
-        return (to_batch(items, self.aux, self.device) for items in loader)
+        return (to_batch(self._keep(items), self.aux, self.device) for items in loader)
+
+    def _keep(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Remember decoded items for the next epochs when ``train.keep_decoded_mb`` allows it."""
+        if self.kept is not None:
+            self.kept.update({it["index"]: it for it in items if it["error"] is None})
+        return items
+
+    def _keep_decoded(self) -> dict[int, dict[str, Any]] | None:
+        """An empty store when the decoded auxiliary set fits ``train.keep_decoded_mb`` and no mosaic applies."""
+        limit = float(self.train_cfg.get("keep_decoded_mb") or 0) * 2**20
+        s = int(self.backbone_cfg["input_size"])
+        needed = len(self.aux.records) * (3 * s * s * 4 + s * s)  # float32 image + bool mask
+        mosaics = any(p > 0 and name in self.aux.names for name, p in self.recipe.mosaic)
+        return {} if needed <= limit and not mosaics else None
 
     def _epoch(self, epoch: int, previous: list[float]) -> float:
         n_steps = math.ceil(len(self.aux.records) / self.recipe.batch_size)

@@ -16,7 +16,6 @@ Keys of ``check`` (Hydra-style overrides, parsed here so that no run config is n
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from zsad_bench.build import build_dataset as build_family
 from zsad_bench.imageio import ImageReadError, MaskSizeError, check_mask_size, image_hw, load_image, load_mask
 from zsad_bench.layouts import require_root
 from zsad_bench.registry import DATASETS
@@ -36,7 +36,6 @@ from zsad_bench.types import DatasetFamily, DatasetInfo, SampleRecord
 
 __all__ = ["CheckReport", "Problem", "build_family", "check_dataset", "dataset_root", "main"]
 
-_CORE_KEYS = {"root", "name", "categories", "aux", "domain"}
 USAGE = """usage: zsad-bench data list
        zsad-bench data info <name>
        zsad-bench data check dataset=<name> [paths.data_root=<dir> | dataset.root=<dir>] [categories=a,b]
@@ -103,17 +102,6 @@ def _value(raw: str) -> Any:
     import yaml
 
     return yaml.safe_load(raw) if raw else raw
-
-
-def build_family(name: str, options: dict[str, Any] | None = None) -> DatasetFamily:
-    """Instantiate a registered dataset with loader options (unknown options raise TypeError)."""
-    cls = DATASETS.get(name)
-    opts = {k: v for k, v in (options or {}).items() if k not in _CORE_KEYS}
-    params = inspect.signature(cls).parameters
-    unknown = sorted(set(opts) - set(params))
-    if unknown:
-        raise TypeError(f"dataset {name!r} has no option(s) {unknown}; options: {sorted(params) or 'none'}")
-    return cls(**opts)
 
 
 def dataset_root(info: DatasetInfo, overrides: dict[str, str]) -> Path:
