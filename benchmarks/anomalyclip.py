@@ -20,6 +20,9 @@ seeded random weights — the cost does not depend on the values):
 The text encoder (12 blocks, forward and backward with the deep prompts) and the losses on the
 518×518 maps run in every epoch; the network build is timed apart. Images are pre-decoded tensors,
 so decoding is excluded from both sides.
+
+Measured (4 images, batch 2, 2-core Xeon shared with other jobs, load average 12–13): 2 torch threads:
+encoder epoch 254.5 s, cached epoch 24.3 s (10.5×); 1 thread: 196.1 s vs 4.65 s (42.2×).
 """
 
 from __future__ import annotations

@@ -280,11 +280,11 @@ class AnomalyCLIP(Method):
         Both come from the frozen backbone through the feature cache (they do not depend on the
         prompts); the global feature is ``cls @ proj`` (``global_ln_post``: ``ln_post(cls) @ proj``).
         """
-        from zsad_bench.heads import trainable_tokens
+        from zsad_bench.heads import frozen_features, trainable_tokens
 
         ctx = self._ready().ctx
         bb = ctx.backbone
-        feats = ctx.features(batch, self.feature_spec())
+        feats = frozen_features(ctx, batch, self.feature_spec())  # mosaic items (none by default) bypass the cache
         p = bb.num_prefix_tokens
         patches = {layer: trainable_tokens(feats[f"vv.{layer}"][:, p:]) for layer in self.layers}
         if self.cfg.global_ln_post:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ class AuxData:
         records: every record used, in order.
         infos: dataset name → info.
         roots: dataset name → folder.
+        families: dataset name → the dataset family that lists its records.
     """
 
     names: list[str]
@@ -62,6 +63,23 @@ class AuxData:
     records: list[SampleRecord]
     infos: dict[str, DatasetInfo]
     roots: dict[str, Path]
+    families: dict[str, Any] = field(default_factory=dict)
+
+    def list_records(self, max_per_category: int | None = None) -> None:
+        """Fill :attr:`records` from the datasets on disk (at most ``max_per_category`` per category).
+
+        Raises:
+            ValueError: no record at all.
+            FileNotFoundError: a dataset folder is missing (raised by the dataset, naming it).
+        """
+        self.records = []
+        for sel in self.selections:
+            for cat in sel.categories:
+                recs = self.families[sel.dataset].records(self.roots[sel.dataset], cat, sel.split)
+                self.records += recs[:max_per_category] if max_per_category else recs
+        if not self.records:
+            where = [s.describe() for s in self.selections]
+            raise ValueError(f"no auxiliary records in {where}; check paths.data_root")
 
     def digest(self) -> str:
         """Identity of the record list (keys and labels, in order)."""
@@ -110,14 +128,20 @@ def build_aux(
     paths: Mapping[str, Any],
     split: str = "test",
     max_per_category: int | None = None,
+    list_records: bool = True,
 ) -> AuxData:
-    """List the records of the auxiliary datasets (nothing decoded).
+    """Resolve the auxiliary datasets and (unless ``list_records`` is False) list their records.
+
+    Without the records, the selections (datasets, categories, split) are known from the
+    datasets' static info alone: enough for the zero-shot guard and to find a stored training
+    when the auxiliary data is not on this machine.
 
     Args:
         entries: from :func:`aux_entries`.
         paths: the ``paths`` config group (``data_root`` …).
         split: the split trained on (the papers use the auxiliary datasets' test split).
         max_per_category: keep at most this many records per category (None: all).
+        list_records: list the records now (see :meth:`AuxData.list_records`).
 
     Raises:
         ValueError: no record at all.
@@ -135,13 +159,10 @@ def build_aux(
         root = Path(entry.get("root") or Path(str(paths.get("data_root", "data"))) / (info.subdir or name))
         cats = select_categories(info, entry.get("categories", "all"))
         aux.names.append(name)
-        aux.infos[name], aux.roots[name] = info, root
+        aux.infos[name], aux.roots[name], aux.families[name] = info, root, family
         aux.selections.append(DataSelection(name, tuple(cats), split))
-        for cat in cats:
-            recs = family.records(root, cat, split)
-            aux.records += recs[:max_per_category] if max_per_category else recs
-    if not aux.records:
-        raise ValueError(f"no auxiliary records in {[s.describe() for s in aux.selections]}; check paths.data_root")
+    if list_records:
+        aux.list_records(max_per_category)
     return aux
 
 

@@ -229,7 +229,7 @@ def train_or_load(method: Method, cfg: Any, ctx: Context) -> TrainRecord:
     method_name = str(section(cfg, "method").get("name") or type(method).__name__.lower())
     entries = aux_entries(cfg)
     recipe = (method.train_recipe([e["name"] for e in entries]) or TrainRecipe()).with_overrides(train_cfg)
-    aux = build_aux(entries, section(cfg, "paths"), recipe.split, recipe.max_per_category)
+    aux = build_aux(entries, section(cfg, "paths"), recipe.split, list_records=False)  # records only to train
     protocol = check_aux(cfg, aux).to_dict()
     seed = recipe.seed if recipe.seed is not None else int(cfg.get("seed", ctx.seed))
     identity = _identity_of(method, cfg, recipe, aux, seed)
@@ -249,15 +249,22 @@ def train_or_load(method: Method, cfg: Any, ctx: Context) -> TrainRecord:
         losses, report = list(meta.get("losses", [])), dict(meta.get("method_report", {}))
         return TrainRecord(folder=str(folder), status="loaded", losses=losses, method=report, **base)
     partial = None if train_cfg.get("retrain") else store.find_partial()
+    aux.list_records(recipe.max_per_category)
     run = _Training(method, recipe, aux, store, device, seed, train_cfg, section(cfg, "backbone"))
-    run.meta = {"method": method_name, "identity": identity, "protocol": protocol}
+    records = {"count": len(aux.records), "digest": aux.digest()}  # recorded, not hashed: see _identity_of
+    run.meta = {"method": method_name, "identity": identity, "protocol": protocol, "aux_records": records}
     record = run.run(partial)
     report = method.training_report()
     return TrainRecord(folder=str(store.write_folder), **base, **record, amp=run.loop.amp, method=report)
 
 
 def _identity_of(method: Method, cfg: Any, recipe: TrainRecipe, aux: AuxData, seed: int) -> dict[str, Any]:
-    """Everything that determines the trained weights (hashed into the checkpoint name)."""
+    """Everything that determines the trained weights (hashed into the checkpoint name).
+
+    The auxiliary *selections* (datasets, categories, split, ``max_per_category`` in the recipe)
+    are hashed, not the listed records, so a stored training is found without the auxiliary data
+    on disk; the records' count and digest go into ``meta.json`` instead.
+    """
     method_cfg = section(cfg, "method")
     for key in getattr(method, "inference_keys", ()):
         method_cfg.pop(key, None)
@@ -269,7 +276,6 @@ def _identity_of(method: Method, cfg: Any, recipe: TrainRecipe, aux: AuxData, se
         "recipe": asdict(recipe),
         "seed": seed,
         "aux": [asdict(s) for s in aux.selections],
-        "aux_records": {"count": len(aux.records), "digest": aux.digest()},
     }
 
 

@@ -166,3 +166,33 @@ def test_method_fit_runs_the_shared_trainer(toy, make_cfg):
     assert losses[-1] < 0.7 * losses[0]
     method.fit(batches)  # the Method default: the same trainer with the method's recipe
     assert not method.head.training  # set back to inference mode
+
+
+def test_decoded_images_are_kept_for_later_epochs_without_changing_the_result(toy, make_cfg, tmp_path, monkeypatch):
+    from zsad_bench.preprocess import RecordDataset
+
+    calls = []
+    original = RecordDataset.__getitem__
+    monkeypatch.setattr(RecordDataset, "__getitem__", lambda self, i: calls.append(i) or original(self, i))
+    kept = fresh(toy)
+    a = train_or_load(kept, make_cfg(results=tmp_path / "a"), kept.ctx)
+    assert len(calls) == 40  # decoded once, reused by epochs 2 and 3
+    calls.clear()
+    decoded = fresh(toy)
+    b = train_or_load(decoded, make_cfg(results=tmp_path / "b", keep_decoded_mb=0), decoded.ctx)
+    assert len(calls) == 3 * 40
+    assert a.losses == b.losses
+    assert same(params(kept), params(decoded))
+
+
+def test_stored_training_loads_without_the_auxiliary_data_on_disk(toy, make_cfg, tmp_path):
+    first = fresh(toy)
+    a = train_or_load(first, make_cfg(epochs=1), first.ctx)
+    cfg = make_cfg(epochs=1)
+    cfg.paths.data_root = str(tmp_path / "elsewhere")  # no synth_aux there
+    second = fresh(toy)
+    b = train_or_load(second, cfg, second.ctx)
+    assert b.status == "loaded"
+    assert b.folder == a.folder
+    assert not (tmp_path / "elsewhere").exists()  # nothing listed, nothing generated
+    assert load_meta(a.folder)["aux_records"]["count"] == 40

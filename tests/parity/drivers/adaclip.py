@@ -16,7 +16,7 @@ Recorded, per image (batch size 1, the only one the code supports; CPU, fp32): t
 anomaly map and the image score of ``AdaCLIP.forward(aggregation=True)``, the k-means labels the
 code drew (``random_state=None``), and for one anomalous image the training loss of
 ``AdaCLIP_Trainer.train_one_batch`` (focal + per-layer focal + dice + dice, computed here with the
-code's ``loss.py``) with the gradient of a static prompt. The learnable parameters (the code's
+code's ``loss.py``; the code's backward fails in fp32 on CPU, so only the value). The learnable parameters (the code's
 initialisation, moved by seeded noise so that prompts matter) are stored under the code's names.
 :func:`make_images` and :func:`random_state_dict` are imported by ``tests/parity/test_adaclip.py``.
 """
@@ -44,8 +44,14 @@ SEED = 20240715
 SIZE = 224  # ViT-B/16 at 224: 14x14 patches; layers 3, 6, 9, 12 (n_layers // 4 multiples, train.py)
 LAYERS = [3, 6, 9, 12]
 CLASS_NAMES = ["metal_nut", "bottle", "pipe-fryum"]  # "-" becomes a space in the prompts
-LEARNABLE = ("text_prompter.", "visual_prompter.", "patch_token_layer.", "cls_token_layer.", "dynamic_visual_prompt_generator.",
-             "dynamic_text_prompt_generator.")  # fmt: skip
+LEARNABLE = (  # AdaCLIP_Trainer.learnable_paramter_list
+    "text_prompter.",
+    "visual_prompter.",
+    "patch_token_layer.",
+    "cls_token_layer.",
+    "dynamic_visual_prompt_generator.",
+    "dynamic_text_prompt_generator.",
+)
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -80,7 +86,7 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> d
         leaf = name.rsplit(".", 1)[-1]
         if name == "logit_scale":
             out[name] = torch.tensor(float(np.log(100.0)))
-        elif ".ln" in f".{name}" and leaf == "weight" or name.startswith("ln_final.weight"):
+        elif ".ln" in f".{name}" and leaf == "weight":  # LayerNorm gains (ln_pre, ln_1, ln_2, ln_post, ln_final)
             out[name] = 1.0 + 0.1 * noise
         elif leaf in ("bias", "in_proj_bias"):
             out[name] = 0.02 * noise
@@ -156,7 +162,7 @@ def build(root: Path):
     learnable = {}
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if not name.startswith(LEARNABLE):  # AdaCLIP_Trainer.learnable_paramter_list
+            if not name.startswith(LEARNABLE):
                 continue
             p.add_(torch.randn(p.shape, generator=g) * 0.5 * (p.std() if p.numel() > 1 else 1.0))
             learnable[name] = p.detach().clone()
@@ -188,7 +194,7 @@ def run(source: Path, out: Path) -> None:
 
         model, learnable, digest = build(Path(tmp))
         labels = record_kmeans(model)
-        np.random.seed(SEED)  # KMeans(random_state=None) draws from the global generator
+        np.random.seed(SEED)  # noqa: NPY002 - KMeans(random_state=None) draws from the global generator
         images = make_images(len(CLASS_NAMES))
         x = to_tensor(images)
         maps, scores = [], []
@@ -197,16 +203,17 @@ def run(source: Path, out: Path) -> None:
                 amap, score = model(x[k : k + 1], [name], aggregation=True)
                 maps.append(gaussian_filter(amap[0].float().numpy(), sigma=4))  # trainer.py evaluation
                 scores.append(float(score[0]))
-        # one training loss as train_one_batch computes it (image 0, anomalous, batch size 1)
+        # one training loss as train_one_batch computes it (image 0, anomalous, batch size 1). Only its
+        # value: in fp32 on CPU the code's backward fails (in-place divisions of tensors autograd saved;
+        # on GPU, autocast's fp16 copies hide them)
         model.train()
-        layer_maps, image_probs = model(x[:1], [CLASS_NAMES[0]], aggregation=False)
-        gt = torch.from_numpy(mask_of(0))[None, None].squeeze()  # (H, W), as the code's gt.squeeze()
-        focal, dice = FocalLoss(), BinaryDiceLoss()
-        loss = focal(image_probs, torch.tensor([1]).unsqueeze(1))
-        for am in layer_maps:
-            loss = loss + focal(am, gt) + dice(am[:, 1, :, :], gt) + dice(am[:, 0, :, :], 1 - gt)
-        loss.backward()
-        grad = model.visual_prompter.static_prompts[1].grad.detach().clone()
+        with torch.no_grad():
+            layer_maps, image_probs = model(x[:1], [CLASS_NAMES[0]], aggregation=False)
+            gt = torch.from_numpy(mask_of(0))[None, None].squeeze()  # (H, W), as the code's gt.squeeze()
+            focal, dice = FocalLoss(), BinaryDiceLoss()
+            loss = focal(image_probs, torch.tensor([1]).unsqueeze(1))
+            for am in layer_maps:
+                loss = loss + focal(am, gt) + dice(am[:, 1, :, :], gt) + dice(am[:, 0, :, :], 1 - gt)
     np.savez_compressed(
         out,
         images=images,
@@ -215,7 +222,6 @@ def run(source: Path, out: Path) -> None:
         scores=np.array(scores, np.float64),
         kmeans_labels=np.stack(labels[: len(CLASS_NAMES) + 1]),
         train_loss=np.array(float(loss)),
-        grad_visual_static_1=grad.numpy(),
         keys_digest=np.array(digest),
         commit=np.array(ADACLIP_COMMIT),
         **{f"learnable/{k}": v.numpy() for k, v in learnable.items()},

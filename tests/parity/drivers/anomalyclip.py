@@ -6,7 +6,7 @@ copy outside this repository (nothing of it is stored here):
 1. ``test.py`` with a prompt checkpoint whose learnable tensors are ours (:func:`prompt_values`):
    the anomaly maps and image scores it hands to its metrics;
 2. ``train.py``, one epoch, batch size 2: its initial prompts, the batches in its shuffled order,
-   the loss of each step and the prompts after each Adam step.
+   the loss of each step, the prompts' gradients before and the prompts after each Adam step.
 
 The architecture (:data:`CONFIG`) is a 24-block CLIP ViT (the code hard-codes ``DPAM_layer=20``
 and ``--features_list 24``) with a 12-block text tower (deep prompts to block 9), widths 64
@@ -216,17 +216,18 @@ class Recorder:
                 rec.initial = rec.learnable()
 
             def step(self, *a, **k):
+                grads = rec.learnable(grad=True)
                 out = super().step(*a, **k)
-                rec.steps.append(rec.learnable())
+                rec.steps.append({**rec.learnable(), **{f"grad.{n}": g for n, g in grads.items()}})
                 return out
 
         torch.optim.Adam = Adam
 
-    def learnable(self) -> dict[str, np.ndarray]:
-        """The current learnable tensors of the last prompt learner built."""
+    def learnable(self, grad: bool = False) -> dict[str, np.ndarray]:
+        """The learnable tensors (or their gradients) of the last prompt learner built."""
         keep = ("ctx_pos", "ctx_neg", "compound_prompts_text.")
         named = self.learners[-1].state_dict(keep_vars=True)
-        return {k: v.detach().clone().numpy() for k, v in named.items() if k.startswith(keep)}
+        return {k: (v.grad if grad else v).detach().clone().numpy() for k, v in named.items() if k.startswith(keep)}
 
 
 def run_main(root: Path, script: str, argv: list[str]) -> None:
