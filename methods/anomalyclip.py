@@ -138,7 +138,7 @@ class AnomalyCLIP(Method):
 
     Config = AnomalyCLIPConfig
     trainable = True
-    inference_keys = ("sigma", "feature_dtype")  # knobs that do not change the trained weights
+    inference_keys = ("sigma",)  # knobs that do not change the trained weights
 
     def __init__(self, cfg: AnomalyCLIPConfig | None = None) -> None:
         super().__init__(cfg if cfg is not None else self.Config())

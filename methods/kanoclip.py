@@ -299,7 +299,9 @@ class KAnoCLIP(Method):
 
     def stage_logits(self, batch: Batch, text: torch.Tensor) -> dict[int, torch.Tensor]:
         """Per stage the (B, N, 2) Bi-CMCI (or linear) logits of the patches against [F_n, F_a]."""
-        patches, _ = self.image_features(batch)
+        return self._stage_logits(self.image_features(batch)[0], text)
+
+    def _stage_logits(self, patches: Mapping[int, torch.Tensor], text: torch.Tensor) -> dict[int, torch.Tensor]:
         net, grid = self._ready().net, self.ctx.backbone.grid_size
         return {x: net.stages[str(x)](patches[x], text, grid, self.cfg.temperature) for x in self.cfg.layers}
 
@@ -310,13 +312,13 @@ class KAnoCLIP(Method):
 
         from zsad_bench.methods.anomalyclip import probability_maps
 
-        logits = list(self.stage_logits(batch, text).values())  # each (B, N, 2)
+        patches, global_feat = self.image_features(batch)
+        logits = list(self._stage_logits(patches, text).values())  # each (B, N, 2)
         if self.cfg.map_norm == "mean":
             probs = torch.stack([x.softmax(dim=-1) for x in logits]).mean(dim=0)  # (B, N, 2)
         else:
             probs = torch.stack(logits).mean(dim=0).softmax(dim=-1)
         maps = probability_maps(probs, self.ctx.backbone.grid_size, batch.images.shape[-1])
-        _, global_feat = self.image_features(batch)
         net = self._ready().net
         g = net.adapter(global_feat) if hasattr(net, "adapter") else global_feat  # (B, E)
         cos = torch.einsum("bc,bkc->bk", F.normalize(g, dim=-1), text) / self.cfg.temperature  # (B, 2)

@@ -237,13 +237,13 @@ def test_vqa_descriptions_join_the_knowledge_mean(ctx, tmp_path):
 # ----------------------------------------------------------------------------- training and checkpoints
 @pytest.fixture(scope="module")
 def aux_batches(tmp_path_factory):
-    """The synthetic auxiliary set (synth_aux) decoded at 64 px, 4 images per category."""
+    """The synthetic auxiliary set (synth_aux) decoded at 64 px, 2 images per category (one batch of 8)."""
     from zsad_bench.auxdata import AuxDataset, build_aux, to_batch
     from zsad_bench.synth import AUX_CATEGORIES, SynthSpec, ensure_synth
 
     root = tmp_path_factory.mktemp("data")
     ensure_synth(root / "synth_aux", SynthSpec(AUX_CATEGORIES, seed=1))
-    aux = build_aux([{"name": "synth_aux", "root": str(root / "synth_aux")}], {"data_root": str(root)}, "test", 4)
+    aux = build_aux([{"name": "synth_aux", "root": str(root / "synth_aux")}], {"data_root": str(root)}, "test", 2)
     data = AuxDataset(aux, {"input_size": SIZE, "interpolation": "bicubic"})
     items = [data[i] for i in range(len(data))]
     return root, [to_batch(items[i : i + 8], aux, torch.device("cpu")) for i in range(0, len(items), 8)]
@@ -262,7 +262,7 @@ def _method_with_positive_kd(ctx, batches) -> KAnoCLIP:
     """The first prompt-initialisation seed whose initial L_KD is clearly positive (so that it can fall)."""
     for seed in range(40):
         m = method(ctx, train_seed=seed)
-        if _terms(m, batches[:1])["kd"] > 1e-3:
+        if _terms(m, batches)["kd"] > 1e-3:
             return m
     pytest.fail("no seed in 0..39 gives a positive initial L_KD")
 
@@ -274,7 +274,7 @@ def test_a_few_steps_on_synth_lower_each_loss_term(ctx, aux_batches):
     m = _method_with_positive_kd(ctx, batches)
     before = _terms(m, batches)
     assert set(before) == {"kd", "global_bce", "focal", "dice", "dice_normal"}
-    losses = fit_batches(m, batches, TrainRecipe(epochs=3, batch_size=8, lr=2e-3, betas=(0.5, 0.999), seed=0))
+    losses = fit_batches(m, batches, TrainRecipe(epochs=4, batch_size=8, lr=2e-3, betas=(0.5, 0.999), seed=0))
     after = _terms(m, batches)
     assert all(math.isfinite(x) for x in losses)
     for key in before:

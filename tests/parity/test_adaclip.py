@@ -10,6 +10,7 @@ training loss of one image must agree. Runs a ViT-B/16 on CPU: opt in with ``-m 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -64,8 +65,8 @@ def setup(recorded, tmp_path_factory):
     ctx = Context(device="cpu", seed=0, backbone_cfg={**base, "weights": str(path)}, hooks={KMEANS_HOOK: replay})
     method.setup(ctx)
     assert method.layers == drv.LAYERS
-    learnable = {k.removeprefix("learnable/"): torch.from_numpy(v) for k, v in recorded.items() if "learnable/" in k}
-    method.load_learnable_state(from_official_state_dict(learnable, method.layers))
+    shapes = {k: tuple(v) for k, v in json.loads(str(recorded["learnable_shapes"])).items()}
+    method.load_learnable_state(from_official_state_dict(drv.learnable_values(shapes), method.layers))
 
     names = [str(n) for n in recorded["class_names"]]
     records = [SampleRecord(Path(f"{i}.png"), 1, None, n, "defect", "test", "parity") for i, n in enumerate(names)]

@@ -16,9 +16,10 @@ Recorded, per image (batch size 1, the only one the code supports; CPU, fp32): t
 anomaly map and the image score of ``AdaCLIP.forward(aggregation=True)``, the k-means labels the
 code drew (``random_state=None``), and for one anomalous image the training loss of
 ``AdaCLIP_Trainer.train_one_batch`` (focal + per-layer focal + dice + dice, computed here with the
-code's ``loss.py``; the code's backward fails in fp32 on CPU, so only the value). The learnable parameters (the code's
-initialisation, moved by seeded noise so that prompts matter) are stored under the code's names.
-:func:`make_images` and :func:`random_state_dict` are imported by ``tests/parity/test_adaclip.py``.
+code's ``loss.py``; the code's backward fails in fp32 on CPU, so only the value). The learnable
+parameters' values come from :func:`learnable_values`, seeded by the code's parameter names; the
+fixture keeps the names and shapes. :func:`make_images`, :func:`random_state_dict` and :func:`learnable_values` are
+imported by ``tests/parity/test_adaclip.py``.
 """
 
 from __future__ import annotations
@@ -99,6 +100,20 @@ def random_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> d
     return out
 
 
+def learnable_values(shapes: dict[str, tuple[int, ...]], seed: int = SEED + 1) -> dict[str, torch.Tensor]:
+    """Seeded values of the learnable parts, by the code's names (prompts large enough to matter)."""
+    out = {}
+    for name in sorted(shapes):
+        noise = torch.randn(shapes[name], generator=torch.Generator().manual_seed(seed + zlib.crc32(name.encode())))
+        if "static_prompts" in name:
+            out[name] = 0.5 * noise
+        elif name.endswith("bias"):
+            out[name] = 0.02 * noise
+        else:  # Linear weights (out, in)
+            out[name] = noise / shapes[name][1] ** 0.5
+    return out
+
+
 def keys_digest(shapes: dict[str, tuple[int, ...]]) -> str:
     """Digest of the names and shapes (the code's CLIP and open_clip's must agree)."""
     return hashlib.sha256("\n".join(f"{k}:{shapes[k]}" for k in sorted(shapes)).encode()).hexdigest()[:16]
@@ -144,7 +159,7 @@ def materialise(source: Path, root: Path) -> None:
 
 
 def build(root: Path):
-    """The official AdaCLIP on seeded random ViT-B/16 weights, learnable parts moved by seeded noise."""
+    """The official AdaCLIP on seeded random ViT-B/16 weights and seeded learnable parts."""
     from adaclip_ref.method.adaclip import AdaCLIP
     from adaclip_ref.method.clip_model import CLIP
 
@@ -158,15 +173,11 @@ def build(root: Path):
     model = AdaCLIP(freeze_clip=clip, text_channel=512, visual_channel=768, prompting_length=5, prompting_depth=4,
                     prompting_branch="VL", prompting_type="SD", use_hsf=True, k_clusters=20, output_layers=LAYERS,
                     device="cpu", image_size=SIZE)  # fmt: skip
-    g = torch.Generator().manual_seed(SEED + 1)
-    learnable = {}
+    params = {name: p for name, p in model.named_parameters() if name.startswith(LEARNABLE)}
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.startswith(LEARNABLE):
-                continue
-            p.add_(torch.randn(p.shape, generator=g) * 0.5 * (p.std() if p.numel() > 1 else 1.0))
-            learnable[name] = p.detach().clone()
-    return model, learnable, keys_digest(shapes)
+        for name, value in learnable_values({k: tuple(p.shape) for k, p in params.items()}).items():
+            params[name].copy_(value)
+    return model, {k: tuple(p.shape) for k, p in params.items()}, keys_digest(shapes)
 
 
 def record_kmeans(model) -> list[np.ndarray]:
@@ -224,7 +235,7 @@ def run(source: Path, out: Path) -> None:
         train_loss=np.array(float(loss)),
         keys_digest=np.array(digest),
         commit=np.array(ADACLIP_COMMIT),
-        **{f"learnable/{k}": v.numpy() for k, v in learnable.items()},
+        learnable_shapes=np.array(json.dumps(learnable)),
     )
     print(f"wrote {out}: scores {np.round(scores, 5).tolist()}, train loss {float(loss):.6f}")
 
