@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from zsad_bench.context import Context
     from zsad_bench.train import TrainRecipe
 
-__all__ = ["APRILGAN", "APRILGANConfig"]
+__all__ = ["APRILGAN", "APRILGANConfig", "from_official_checkpoint"]
 
 _CARD = {
     "title": "APRIL-GAN (VAND 2023 challenge winner)",
@@ -280,6 +280,41 @@ def _global_score(embed: torch.Tensor, text: torch.Tensor, scale: float) -> torc
 
     cos = (F.normalize(embed, dim=-1)[:, None] @ text.transpose(1, 2))[:, 0]  # (B, 2)
     return (scale * cos).softmax(dim=-1)[:, 1]
+
+
+def from_official_checkpoint(checkpoint: Mapping[str, Any], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Official checkpoint → :meth:`APRILGAN.load_learnable_state` names (``fc.<i>.*`` → ``<layers[i]>.*``).
+
+    Loads the released ``exps/pretrained/{mvtec,visa}_pretrained.pth`` files (``torch.load``
+    them first, or pass their ``"trainable_linearlayer"`` entry): the official ``LinearLayer`` keeps
+    one ``fc.<i>`` per entry of ``--features_list``, in that order.
+
+    Args:
+        checkpoint: ``{"trainable_linearlayer": state}`` as ``train.py`` saves it, or that state.
+        layers: the ``--features_list`` the checkpoint was trained with (the config's ``layers``).
+
+    Raises:
+        KeyError: when the checkpoint has names other than ``fc.<i>.weight|bias``.
+        ValueError: when its number of layers differs from ``layers``.
+
+    Example:
+        >>> import torch
+        >>> sorted(from_official_checkpoint({"fc.0.weight": torch.zeros(2, 3), "fc.0.bias": torch.zeros(2)}, [24]))
+        ['24.bias', '24.weight']
+    """
+    state = checkpoint.get("trainable_linearlayer", checkpoint)
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        parts = name.removeprefix("module.").split(".")
+        if len(parts) != 3 or parts[0] != "fc" or not parts[1].isdigit() or parts[2] not in ("weight", "bias"):
+            raise KeyError(f"april_gan: {name!r} is not an official LinearLayer entry (fc.<i>.weight|bias)")
+        index = int(parts[1])
+        if index >= len(layers):
+            raise ValueError(f"april_gan: the checkpoint has more layers than layers={list(layers)}; set method.layers")
+        out[f"{int(layers[index])}.{parts[2]}"] = value
+    if len(out) != 2 * len(layers):
+        raise ValueError(f"april_gan: the checkpoint has {len(out) // 2} layers, layers={list(layers)}")
+    return out
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -221,8 +221,8 @@ class KAnoCLIP(Method):
     def parameter_counts(self) -> dict[str, int]:
         """Learnable parameters per module (``knpl``, ``bicmci`` or its linear stand-in, ``conv_adapter``)."""
         net = self._ready().net
-        count = {name: sum(p.numel() for p in getattr(net, attr).parameters()) if hasattr(net, attr) else 0
-                 for name, attr in (("knpl", "prompts"), ("bicmci", "stages"), ("conv_adapter", "adapter"))}  # fmt: skip
+        parts = (("knpl", "prompts"), ("bicmci", "stages"), ("conv_adapter", "adapter"))
+        count = {k: sum(p.numel() for p in getattr(net, a).parameters()) if hasattr(net, a) else 0 for k, a in parts}
         count["total"] = sum(count.values())
         return count
 
@@ -351,8 +351,11 @@ class KAnoCLIP(Method):
         return patches, trainable_tokens(feats["embed"]).to(dev)
 
     def text_features(self, class_names: Sequence[str], with_sentences: bool = False) -> Any:
-        """(B, 2, E) normalised [F_n, F_a] per image; ``with_sentences`` also returns per class the
-        (S, E) normalised sentence features and the number of normal sentences (for L_KD)."""
+        """(B, 2, E) normalised [F_n, F_a] per image.
+
+        With ``with_sentences`` also, per class, the (S, E) normalised features of its normal then
+        abnormal sentences (for L_KD): returns ``(text, {class: features})``.
+        """
         import torch
 
         names = sorted(set(class_names))
@@ -419,8 +422,11 @@ class KAnoCLIP(Method):
         return torch.stack(losses).mean()
 
     def batch_knowledge(self, batch: Batch, cls: str, vqa: Sequence[Any] | None = None) -> torch.Tensor:
-        """(N + M, E) knowledge features of ``cls`` for this batch (Eq. 3): its N LLM / file descriptions
-        and the M cached VQA descriptions of the batch's images of that class."""
+        """(N + M, E) knowledge features of ``cls`` for this batch (Eq. 3).
+
+        The N descriptions of the knowledge files and the M cached VQA descriptions of the batch's
+        images of that class.
+        """
         import torch
 
         vqa = self._vqa_features(batch) if vqa is None else vqa

@@ -10,7 +10,8 @@ description per training image. Three pluggable sources provide it here:
    reviewed and versioned;
 2. **LLM generation** through a transformers ``text-generation`` pipeline with any local model
    (``zsad-bench knowledge generate model=<path> dataset=<name>``);
-3. **VQA descriptions per image** through an ``image-text-to-text`` pipeline, cached as one JSON
+3. **VQA descriptions per image** through an ``image-text-to-text`` pipeline (a vision-language
+   model; transformers 5 has no ``visual-question-answering`` task any more), cached as one JSON
    file per image (:class:`VQACache`, ``zsad-bench knowledge vqa ...``).
 
 Nothing here downloads anything: pipelines are built from what the user names (a local folder,
@@ -167,7 +168,9 @@ class KnowledgeBase:
         per_class: at most this many descriptions per class (the paper's n = 5; None: all).
     """
 
-    def __init__(self, files: Sequence[KnowledgeFile], generic_fallback: bool = True, per_class: int | None = 5) -> None:
+    def __init__(
+        self, files: Sequence[KnowledgeFile], generic_fallback: bool = True, per_class: int | None = 5
+    ) -> None:
         self.files = list(files)
         self.generic_fallback = generic_fallback
         self.per_class = per_class
@@ -183,7 +186,9 @@ class KnowledgeBase:
                     return f.descriptions[key][: self.per_class]
         if not self.generic_fallback:
             where = [str(f.path or f.source) for f in self.files]
-            raise KeyError(f"no knowledge for class {cls!r} in {where}; add it to a knowledge file or allow the fallback")
+            raise KeyError(
+                f"no knowledge for class {cls!r} in {where}; add it to a knowledge file or allow the fallback"
+            )
         self.used[cls] = "generic"
         return generic_descriptions(cls)[: self.per_class]
 
@@ -195,10 +200,10 @@ class KnowledgeBase:
 
 # ----------------------------------------------------------------------------- generation
 def clean_answer(text: str, prompt: str = "", max_chars: int = 300) -> str:
-    """One description from a generated answer: the prompt removed, whitespace collapsed, first lines kept.
+    r"""One description from a generated answer: the prompt removed, whitespace collapsed, first lines kept.
 
     Example:
-        >>> clean_answer("Q: x?  A: It has a   crack.\\nMore", prompt="Q: x?")
+        >>> clean_answer("Q: x?  A: It has a   crack.\nMore", prompt="Q: x?")
         'It has a crack. More'
     """
     if prompt and text.startswith(prompt):
@@ -248,8 +253,10 @@ def generate_llm_knowledge(
     """
     from transformers import set_seed
 
-    pipe = _pipeline("text-generation", model, tokenizer=tokenizer) if tokenizer is not None else _pipeline(
-        "text-generation", model
+    pipe = (
+        _pipeline("text-generation", model, tokenizer=tokenizer)
+        if tokenizer is not None
+        else _pipeline("text-generation", model)
     )
     set_seed(seed)
     out: dict[str, list[str]] = {}
@@ -334,7 +341,6 @@ def describe_images(
     *,
     processor: Any = None,
     max_new_tokens: int = 60,
-    task: str = "image-text-to-text",
 ) -> list[str]:
     """The VQA description of each image (m = 1), from the cache or asked and cached.
 
@@ -345,7 +351,6 @@ def describe_images(
         cache: where descriptions are kept.
         processor: the processor when ``model`` is a model object.
         max_new_tokens: answer length.
-        task: the pipeline task (``image-text-to-text``; ``visual-question-answering`` for VQA models).
     """
     from PIL import Image
 
@@ -356,20 +361,20 @@ def describe_images(
         found = cache.get(image, q)
         if found is None:
             if pipe is None:
+                task = "image-text-to-text"  # transformers 5 removed visual-question-answering
                 pipe = _pipeline(task, model, processor=processor) if processor is not None else _pipeline(task, model)
             with Image.open(image) as im:
-                found = _ask(pipe, task, im.convert("RGB"), q, max_new_tokens)
+                found = _ask(pipe, im.convert("RGB"), q, max_new_tokens)
             cache.put(image, q, found)
         out.append(found)
     return out
 
 
-def _ask(pipe: Any, task: str, image: Any, question: str, max_new_tokens: int) -> str:
-    """One answer of an image-text-to-text (or visual-question-answering) pipeline."""
-    if task == "visual-question-answering":
-        res = pipe(image=image, question=question)
-        return clean_answer(str(res[0]["answer"] if isinstance(res, list) else res["answer"])) or "(no answer)"
-    res = pipe(images=image, text=question, max_new_tokens=max_new_tokens, return_full_text=False)
+def _ask(pipe: Any, image: Any, question: str, max_new_tokens: int) -> str:
+    """One answer of an image-text-to-text pipeline (the image token is put before the question)."""
+    token = getattr(getattr(pipe, "processor", None), "image_token", None)
+    prompt = f"{token} {question}" if token and token not in question else question  # the image's place
+    res = pipe(images=image, text=prompt, max_new_tokens=max_new_tokens, return_full_text=False)
     first = res[0] if isinstance(res, list) else res
     text = first.get("generated_text", "") if isinstance(first, Mapping) else str(first)
     if isinstance(text, list):  # chat format: a list of messages

@@ -112,7 +112,8 @@ def test_deformable_attention_offsets_move_the_sampled_positions():
     with torch.no_grad():
         m.offsets.bias.add_(0.3)  # off the grid points: bilinear, gradients reach the offset predictor
     m(x, grid).sum().backward()
-    assert m.offsets.weight.grad is not None and m.offsets.weight.grad.abs().sum() > 0
+    assert m.offsets.weight.grad is not None
+    assert m.offsets.weight.grad.abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- Bi-CMCI and the method
@@ -135,7 +136,8 @@ def test_bicmci_stage_outputs_across_the_four_stages(ctx):
     assert len({float(t.abs().sum()) for t in logits.values()}) == 4  # four different stages
     pred = m.predict(b)
     assert pred.anomaly_maps.shape == (3, SIZE, SIZE)
-    assert float(pred.anomaly_maps.min()) >= 0.0 and float(pred.anomaly_maps.max()) <= 1.0  # Eq. 9-10 in [0, 1]
+    assert float(pred.anomaly_maps.min()) >= 0.0  # Eq. 9-10: in [0, 1]
+    assert float(pred.anomaly_maps.max()) <= 1.0
 
 
 def _expected_adapter(e: int, reduction: int = 4) -> int:
@@ -150,14 +152,17 @@ def test_each_ablation_switch_removes_exactly_its_module(ctx):
     assert full["knpl"] == 2 * 12 * d  # two K = 12 prefixes of word embeddings
     assert full["conv_adapter"] == _expected_adapter(e)
     assert full["bicmci"] > 0
-    off = {name: method(ctx, **{name: False}).parameter_counts() for name in ("knpl", "clip_vv", "bicmci", "conv_adapter")}
+    off = {
+        name: method(ctx, **{name: False}).parameter_counts() for name in ("knpl", "clip_vv", "bicmci", "conv_adapter")
+    }
     assert off["knpl"] == {**full, "knpl": 0, "total": full["total"] - full["knpl"]}
     assert off["conv_adapter"] == {**full, "conv_adapter": 0, "total": full["total"] - full["conv_adapter"]}
     linear = 4 * (e * e + e)  # Bi-CMCI replaced by one Linear(E, E) per stage
     assert off["bicmci"] == {**full, "bicmci": linear, "total": full["total"] - full["bicmci"] + linear}
     assert off["clip_vv"] == full  # CLIP-VV has no parameters; it changes the features
     vv, plain = method(ctx), method(ctx, clip_vv=False)
-    assert vv.feature_spec().variant == "vv" and plain.feature_spec().variant == "tokens"
+    assert vv.feature_spec().variant == "vv"
+    assert plain.feature_spec().variant == "tokens"
     b = batch()
     assert not torch.allclose(vv.image_features(b)[0][24], plain.image_features(b)[0][24])
 
@@ -223,7 +228,8 @@ def test_vqa_descriptions_join_the_knowledge_mean(ctx, tmp_path):
     cache.put(b.records[1].image_path, VQA_QUESTION.format(cls="bottle"), "A bottle with a chipped rim.")
     plain, with_vqa = method(ctx), method(ctx, vqa_cache=str(tmp_path / "vqa"), vqa_model="tiny-vqa")
     feats = with_vqa._vqa_features(b)
-    assert feats[0] is None and feats[1].shape == (ctx.backbone.embed_dim,)
+    assert feats[0] is None
+    assert feats[1].shape == (ctx.backbone.embed_dim,)
     e = ctx.backbone.embed_dim
     assert plain.batch_knowledge(b, "bottle").shape == (5, e)  # N = 5 file descriptions
     know = with_vqa.batch_knowledge(b, "bottle")
@@ -231,7 +237,8 @@ def test_vqa_descriptions_join_the_knowledge_mean(ctx, tmp_path):
     torch.testing.assert_close(know[5], feats[1])
     with_vqa.training_step(b)
     report = with_vqa.training_report()["knowledge"]
-    assert report["vqa_descriptions_used"] >= 1 and "vqa" in report["sources"]
+    assert report["vqa_descriptions_used"] >= 1
+    assert "vqa" in report["sources"]
 
 
 # ----------------------------------------------------------------------------- training and checkpoints
@@ -339,3 +346,24 @@ def test_map_is_gaussian_of_eq10(ctx):
     torch.testing.assert_close(m.predict(b).anomaly_maps, expected)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, SIZE, SIZE))  # mean of stage softmaxes
     assert F.relu(-probs).sum() == 0
+
+
+# ----------------------------------------------------------------------------- experiments
+@pytest.mark.parametrize("name", ["kanoclip_table1", "kanoclip_table2", "kanoclip_table3"])
+def test_experiments_compose_and_every_job_builds(name):
+    import itertools
+
+    from hydra import compose, initialize_config_module
+
+    from zsad_bench.build import build_method
+
+    with initialize_config_module(config_module="zsad_bench.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
+        params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+        jobs = list(itertools.product(*params.values()))
+        for values in jobs:
+            job = compose(config_name="config", overrides=[f"experiment={name}", *map("=".join, zip(params, values, strict=True))])
+            m = build_method(job.method)
+            assert isinstance(m, KAnoCLIP)
+            assert job.backbone.name == "clip_vit_l14_336"
+    assert len(jobs) == {"kanoclip_table1": 6, "kanoclip_table2": 6, "kanoclip_table3": 10}[name]

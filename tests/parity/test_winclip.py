@@ -59,7 +59,8 @@ def ours(recorded, tmp_path_factory):
     np.testing.assert_allclose([queries.double().sum().item(), refs.double().sum().item()], recorded["input_sum"])
 
     def batch(images, tag):
-        recs = [SampleRecord(Path(f"{tag}{i}.png"), 0, None, "metal_nut", "good", "test", "p") for i in range(len(images))]
+        n = len(images)
+        recs = [SampleRecord(Path(f"{tag}{i}.png"), 0, None, "metal_nut", "good", "test", "p") for i in range(n)]
         return Batch(images, recs, [drv.CLASS_NAME] * len(images))
 
     m = WinCLIP(WinCLIPConfig(cache=False))
@@ -73,7 +74,11 @@ def ours(recorded, tmp_path_factory):
     return out
 
 
-def close(actual, expected, atol=1e-4, rtol=0.0):
+MAP_ATOL = 1e-6  # scores and maps (values ~0.3-0.5, spread ~1e-2); the issue asks 1e-4
+EMB_TOL = 1e-4  # embeddings (entries up to ~4): absolute and relative
+
+
+def close(actual, expected, atol=MAP_ATOL, rtol=0.0):
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float32), expected, atol=atol, rtol=rtol)
 
 
@@ -83,21 +88,25 @@ def unit(x):
 
 
 def test_text_embeddings(recorded, ours):
-    close(unit(ours["text"]), unit(recorded["text_embeddings"]))
+    close(unit(ours["text"]), unit(recorded["text_embeddings"]), atol=1e-6)
 
 
 def test_image_window_and_patch_embeddings(recorded, ours):
     f, step = ours["feats"], ours["step"]
-    close(f["embed"], recorded["image_embeddings"], atol=1e-4, rtol=1e-4)
-    close(f["windows"][0][0, ::step], recorded["windows2_image0"], atol=1e-4, rtol=1e-4)
-    close(f["windows"][1][0, ::step], recorded["windows3_image0"], atol=1e-4, rtol=1e-4)
-    close(f["patches"][0, ::step], recorded["patch_embeddings_image0"], atol=1e-4, rtol=1e-4)
+    close(f["embed"], recorded["image_embeddings"], atol=EMB_TOL, rtol=EMB_TOL)
+    close(f["windows"][0][0, ::step], recorded["windows2_image0"], atol=EMB_TOL, rtol=EMB_TOL)
+    close(f["windows"][1][0, ::step], recorded["windows3_image0"], atol=EMB_TOL, rtol=EMB_TOL)
+    close(f["patches"][0, ::step], recorded["patch_embeddings_image0"], atol=EMB_TOL, rtol=EMB_TOL)
 
 
 def test_scores_spread_enough_to_mean_something(recorded):
-    """Guard against a degenerate fixture (all probabilities equal): parity at 1e-4 would be empty."""
-    assert np.ptp(recorded["zero_grid"]) > 1e-2
-    assert np.ptp(recorded["few_grid"]) > 1e-2
+    """Guard against a degenerate fixture: the maps must vary far more than the tolerance.
+
+    With random weights the zero-shot probabilities stay near 0.5 (spread ~9e-3), so the maps are
+    compared at MAP_ATOL = 1e-6 (measured agreement: 2.4e-7), not only at the issue's 1e-4.
+    """
+    assert np.ptp(recorded["zero_grid"]) > 1000 * MAP_ATOL
+    assert np.ptp(recorded["few_grid"]) > 1000 * MAP_ATOL
 
 
 def test_zero_shot_scores_and_maps(recorded, ours):

@@ -1,0 +1,204 @@
+"""Parity with the official APRIL-GAN ``test.py`` (fixture recorded by ``tests/parity/drivers/april_gan.py``).
+
+Same seeded random CLIP weights (loaded from a file through the library's weight resolution), the
+same linear layers (the official checkpoint converted by :func:`from_official_checkpoint`), the same
+PNG files read through the evaluation loop's preprocessing, our ``april_gan`` with its defaults (the
+official configuration): text embeddings, global embeddings, per-layer logits, anomaly maps and image
+scores, zero-shot and 1-shot, must equal what the official code computed. ``reduced`` (a width-64
+ViT-L structure at 84 px) always runs; ``full`` (ViT-L-14-336 at 518) is ``slow``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+FIXTURE = HERE / "fixtures" / "april_gan.npz"
+DRIVER = HERE / "drivers" / "april_gan.py"
+ATOL = 1e-4  # maps (range [0, 4], 1-shot [0, 12]) and scores
+REGENERATE = "regenerate with: python tests/parity/drivers/april_gan.py --april-gan <VAND-APRIL-GAN checkout>"
+pytestmark = pytest.mark.parity
+
+
+def load_driver():
+    spec = importlib.util.spec_from_file_location("april_gan_parity_driver", DRIVER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def drv():
+    return load_driver()
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    if not FIXTURE.is_file():
+        pytest.skip(f"{FIXTURE} missing: {REGENERATE}")
+    return dict(np.load(FIXTURE))
+
+
+class Setup:
+    """Our method on the recorded weights, and the batches of the recorded images."""
+
+    def __init__(self, drv, recorded, key: str, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        from zsad_bench.context import Context
+        from zsad_bench.methods.april_gan import APRILGAN, APRILGANConfig, from_official_checkpoint
+
+        self.rec = {k.removeprefix(f"{key}/"): v for k, v in recorded.items() if k.startswith(f"{key}/")}
+        if not self.rec:
+            pytest.skip(f"{FIXTURE} has no {key!r} recording: {REGENERATE} --arch {key}")
+        arch = drv.ARCHS[key]
+        model_cfg = self._model_config(arch, folder)
+        with torch.device("meta"):
+            import open_clip
+
+            shapes = {k: tuple(v.shape) for k, v in open_clip.model.CLIP(**model_cfg).state_dict().items()}
+        assert sorted(shapes) == list(self.rec["keys"]), "open_clip's state-dict names differ from the code's"
+        weights = drv.random_state_dict(shapes)
+        assert drv.tensor_digest(weights) == str(self.rec["weights_digest"]), f"seeded weights changed: {REGENERATE}"
+        path = folder / "weights.safetensors"
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+        del weights
+        if arch.config:
+            bb = {"name": "clip", "arch": arch.model, "pretrained": "", "input_size": arch.size}
+            bb.update(activation="gelu", pos_interp="bicubic", pos_antialias=True)  # as the code's factory
+        else:
+            bb = {"name": "clip_vit_l14_336"}  # its registered defaults are the code's (518, GELU, bicubic + antialias)
+        self.ctx = Context(device="cpu", seed=0, backbone_cfg={**bb, "weights": str(path)})
+        self.method = APRILGAN(APRILGANConfig())
+        self.method.setup(self.ctx)
+        official = drv.linear_checkpoint(model_cfg["vision_cfg"]["width"], model_cfg["embed_dim"])
+        assert drv.tensor_digest(official["trainable_linearlayer"]) == str(self.rec["linear_digest"]), REGENERATE
+        self.method.load_learnable_state(from_official_checkpoint(official, self.method.cfg.layers))
+        tests, ref = drv.make_inputs(arch.hw)
+        self.test_batch = self._batch(drv, [img for _, img, _ in tests], folder, "test")
+        self.ref_batch = self._batch(drv, [ref], folder, "train")
+        self.size, self.sub = arch.size, drv.SUB
+
+    @staticmethod
+    def _model_config(arch, folder: Path) -> dict:
+        import json
+
+        import open_clip
+
+        if arch.config and arch.model not in open_clip.list_models():
+            (folder / f"{arch.model}.json").write_text(json.dumps(arch.config))
+            open_clip.add_model_config(folder / f"{arch.model}.json")
+        return open_clip.get_model_config(arch.model)
+
+    def _batch(self, drv, images, folder: Path, split: str):
+        """PNG files → the evaluation loop's preprocessing → a Batch (class words differ from the folder)."""
+        from PIL import Image
+
+        from zsad_bench.imageio import load_image
+        from zsad_bench.preprocess import PreprocessSpec, preprocess_image
+        from zsad_bench.types import Batch, SampleRecord
+
+        c = self.ctx.backbone.cfg
+        spec = PreprocessSpec.from_cfg({"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation})
+        recs, tensors = [], []
+        for i, img in enumerate(images):
+            path = folder / f"{split}_{i}.png"
+            Image.fromarray(img).save(path)
+            tensors.append(preprocess_image(load_image(path), spec))
+            recs.append(SampleRecord(path, 0, None, drv.CLASS, "x", split, "mvtec_ad"))
+        return Batch(torch.stack(tensors), recs, [drv.CLASS.replace("_", " ")] * len(images))
+
+    def logits(self) -> np.ndarray:
+        """Per-layer logits before upsampling, as the code lays them out: (B, L, 2, g, g)."""
+        import torch.nn.functional as F
+
+        from zsad_bench.heads import apply_layers
+
+        m = self.method
+        tokens, _ = m._features(self.test_batch)
+        text = m._text_for(self.test_batch)  # (B, 2, E)
+        grid = self.ctx.backbone.grid_size
+        with torch.no_grad():
+            out = [
+                (m.cfg.logit_scale * F.normalize(t, dim=-1) @ text.transpose(1, 2)).transpose(1, 2).reshape(-1, 2, *grid)
+                for t in apply_layers(m.proj, tokens).values()
+            ]
+        return torch.stack(out, dim=1).numpy()
+
+    def check_maps(self, ours: np.ndarray, mode: str) -> float:
+        """Compare with the recorded maps (every pixel, or every SUB-th plus one image in full); max difference."""
+        if f"{mode}/maps" in self.rec:
+            diff = np.abs(ours - self.rec[f"{mode}/maps"]).max()
+        else:
+            sub = ours[:, :: self.sub, :: self.sub]
+            diff = max(np.abs(sub - self.rec[f"{mode}/maps_sub"]).max(), np.abs(ours[1] - self.rec[f"{mode}/map1"]).max())
+        assert diff <= ATOL, f"{mode} maps differ by {diff}"
+        return float(diff)
+
+
+ARCH_PARAMS = [pytest.param("reduced"), pytest.param("full", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=ARCH_PARAMS)
+def s(request, drv, recorded, tmp_path_factory):
+    return Setup(drv, recorded, request.param, tmp_path_factory.mktemp(f"april_gan_{request.param}"))
+
+
+def test_recordings_are_informative(s):
+    assert np.ptp(s.rec["zero/scores"]) > 100 * ATOL, s.rec["zero/scores"]
+    maps = s.rec.get("zero/maps", s.rec.get("zero/maps_sub"))
+    assert (np.ptp(maps.reshape(len(maps), -1), axis=1) > 100 * ATOL).all()
+
+
+def test_text_and_global_embeddings_equal_the_code(s):
+    text = s.method._text_for(s.test_batch)[0].numpy()  # (2, E)
+    np.testing.assert_allclose(text.T, s.rec["zero/text"], rtol=0, atol=1e-5)
+    _, embed = s.method._features(s.test_batch)
+    np.testing.assert_allclose(embed.numpy(), s.rec["zero/embed"], rtol=1e-4, atol=1e-4)
+
+
+def test_per_layer_logits_equal_the_code(s):
+    # logits are 100 · cos: compare the cosines (narrow range) to 1e-5
+    np.testing.assert_allclose(s.logits() / 100.0, s.rec["zero/logits"] / 100.0, rtol=0, atol=1e-5)
+
+
+def test_zero_shot_maps_and_scores_equal_the_code(s):
+    pred = s.method.predict(s.test_batch)
+    s.check_maps(pred.anomaly_maps.numpy(), "zero")
+    np.testing.assert_allclose(pred.image_scores.numpy(), s.rec["zero/scores"], rtol=0, atol=ATOL)
+
+
+def test_one_shot_maps_and_scores_equal_the_code(s):
+    m = s.method
+    m.set_references(s.ref_batch)
+    try:
+        pred = m.predict(s.test_batch)
+        m.cfg.fewshot_image = "zero_shot"
+        zero = m.predict(s.test_batch).image_scores.numpy()
+    finally:
+        m.cfg.fewshot_image = "max_scaled"
+        m._memory = None
+    maps = pred.anomaly_maps.numpy()
+    s.check_maps(maps, "few")
+    # the code's image score: 0.5 · (zero-shot score + per-class min-max of the map maxima over the test set)
+    peaks = maps.reshape(len(maps), -1).max(axis=1)
+    transductive = 0.5 * (zero + (peaks - peaks.min()) / (peaks.max() - peaks.min()))
+    np.testing.assert_allclose(transductive, s.rec["few/scores"], rtol=0, atol=ATOL)
+    # ours (max_scaled, inductive): 0.5 · (zero-shot score + max(map) / number of layers)
+    np.testing.assert_allclose(pred.image_scores.numpy(), 0.5 * (zero + peaks / 4), rtol=0, atol=1e-6)
+
+
+def test_converter_rejects_foreign_checkpoints():
+    from zsad_bench.methods.april_gan import from_official_checkpoint
+
+    with pytest.raises(KeyError, match="fc"):
+        from_official_checkpoint({"trainable_linearlayer": {"head.0.weight": torch.zeros(1)}}, [6])
+    with pytest.raises(ValueError, match="layers"):
+        from_official_checkpoint({"fc.0.weight": torch.zeros(1), "fc.0.bias": torch.zeros(1)}, [6, 12])
