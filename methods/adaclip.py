@@ -339,10 +339,9 @@ class AdaCLIP(Method):
 
     def _frozen(self, batch: Batch, spec: Any) -> dict[str, torch.Tensor]:
         """Frozen features through the cache, except for mosaics (their pixels are not their files')."""
-        from zsad_bench.features import get_features
-        from zsad_bench.mosaic import is_mosaic
+        from zsad_bench.heads import frozen_features
 
-        return get_features(self.ctx, batch, spec, use_cache=not any(is_mosaic(r) for r in batch.records))
+        return frozen_features(self.ctx, batch, spec)
 
     def _image_features(
         self, batch: Batch, prompts: list[torch.Tensor] | None

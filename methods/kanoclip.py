@@ -262,8 +262,6 @@ class KAnoCLIP(Method):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """α L_KD + β BCE(S_global) + γ (focal + dice + dice of the normal channel), named terms."""
-        import torch.nn.functional as F
-
         from zsad_bench.heads import segmentation_losses
 
         if batch.masks is None or batch.labels is None:
@@ -276,7 +274,7 @@ class KAnoCLIP(Method):
         if c.global_score == "mean":
             score = (global_prob + _anomaly_map(probs).flatten(1).amax(dim=1)) / 2.0
         label = batch.labels.to(score.device).float()
-        terms["global_bce"] = c.beta * F.binary_cross_entropy(score.clamp(1e-6, 1 - 1e-6), label)
+        terms["global_bce"] = c.beta * _bce(score, label)
         if self.switches["knpl"]:
             terms["kd"] = c.alpha * self._kd_term(batch, sentence_feats)
         return terms
@@ -480,6 +478,12 @@ def _state_means(feats: torch.Tensor, k: int) -> torch.Tensor:
     import torch.nn.functional as F
 
     return F.normalize(torch.stack([feats[:k].mean(dim=0), feats[k:].mean(dim=0)]), dim=-1)
+
+
+def _bce(prob: torch.Tensor, label: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Binary cross-entropy of probabilities (B,) in fp32 (``F.binary_cross_entropy`` refuses autocast)."""
+    p = prob.float().clamp(eps, 1.0 - eps)
+    return -(label * p.log() + (1.0 - label) * (1.0 - p).log()).mean()
 
 
 def _anomaly_map(probs: torch.Tensor) -> torch.Tensor:

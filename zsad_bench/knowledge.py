@@ -67,6 +67,7 @@ class KnowledgeFile:
         question: the question asked, with ``{cls}`` for the class name.
         notes: free text.
         path: the file it was read from, if any.
+        label: how results name it (the file name; "shipped" for the merged shipped files).
     """
 
     descriptions: dict[str, list[str]]
@@ -76,6 +77,7 @@ class KnowledgeFile:
     question: str = LLM_QUESTION
     notes: str = ""
     path: Path | None = None
+    label: str = ""
 
     @classmethod
     def load(cls, path: str | Path) -> KnowledgeFile:
@@ -109,6 +111,7 @@ class KnowledgeFile:
             question=str(raw.get("question", LLM_QUESTION)),
             notes=str(raw.get("notes", "")),
             path=path,
+            label=path.name,
         )
 
     def save(self, path: str | Path) -> Path:
@@ -144,7 +147,8 @@ def shipped_knowledge() -> KnowledgeFile:
     for path in shipped_knowledge_files():
         for name, desc in KnowledgeFile.load(path).descriptions.items():
             merged.setdefault(name, list(desc))
-    return KnowledgeFile(merged, source="written", author="zsad-bench contributors", notes="shipped files merged")
+    notes = "shipped files merged: " + ", ".join(p.name for p in shipped_knowledge_files())
+    return KnowledgeFile(merged, source="written", author="zsad-bench contributors", notes=notes, label="shipped")
 
 
 def generic_descriptions(cls: str) -> list[str]:
@@ -182,7 +186,7 @@ class KnowledgeBase:
         for f in self.files:
             for key in keys:
                 if f.descriptions.get(key):
-                    self.used[cls] = f"{f.source}:{f.path.name if f.path else 'merged'}"
+                    self.used[cls] = f"{f.source}:{f.label or 'in-memory'}"
                     return f.descriptions[key][: self.per_class]
         if not self.generic_fallback:
             where = [str(f.path or f.source) for f in self.files]

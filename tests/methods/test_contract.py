@@ -21,6 +21,7 @@ from zsad_bench.types import Batch, Prediction, SampleRecord
 REPO = Path(__file__).resolve().parents[2]
 METHOD_NAMES = METHODS.list()
 SEED = 0
+SMALL_INPUT = {"tiny_clip": 112}  # a 7×7 patch grid keeps every method's test fast (the yaml default is 224)
 
 
 def tiny_backbone(method: str) -> str:
@@ -38,8 +39,12 @@ def composed(method: str):
     yaml = REPO / "conf" / "method" / f"{method}.yaml"
     if not yaml.is_file():
         pytest.fail(f"registered method {method!r} has no {yaml.relative_to(REPO)}")
+    tiny = tiny_backbone(method)
+    overrides = [f"method={method}", f"backbone={tiny}"]
+    if tiny in SMALL_INPUT:
+        overrides.append(f"backbone.input_size={SMALL_INPUT[tiny]}")
     with initialize_config_module(config_module="zsad_bench.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=[f"method={method}", f"backbone={tiny_backbone(method)}"])
+        return compose(config_name="config", overrides=overrides)
 
 
 def fake_batch(size: int, n: int = 2, seed: int = 1, labels: bool = False) -> Batch:

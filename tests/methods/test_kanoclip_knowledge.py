@@ -192,3 +192,15 @@ def test_check_and_show_commands(capsys, tmp_path):
     assert main(["check", f"file={tmp_path / 'k.yaml'}", "dataset=btad"]) == 1
     assert main(["show", "class=bottle"]) == 0
     assert "bottle:" in capsys.readouterr().out
+
+
+def test_vqa_command_describes_dataset_images(tiny_vlm, tmp_path, capsys):
+    from zsad_bench.synth import SynthSpec, ensure_synth
+
+    root = tmp_path / "synth"
+    ensure_synth(root, SynthSpec({"bottle_like": ("industrial", "disk")}, seed=0, size=32, n_test_good=1))
+    args = ["vqa", f"model={tiny_vlm}", "dataset=synth", f"root={root}", f"cache={tmp_path / 'vqa'}", "limit=2"]
+    assert main([*args, "max_new_tokens=3"]) == 0
+    assert "2 images described" in capsys.readouterr().out
+    entries = sorted((tmp_path / "vqa").rglob("*.json"))
+    assert len(entries) == 2

@@ -88,8 +88,13 @@ def test_training_loss_matches_the_official_code(setup, recorded):
     one = type(batch)(batch.images[:1], batch.records[:1], batch.class_names[:1])
     one.labels = torch.tensor([1])
     one.masks = torch.from_numpy(drv.mask_of(0))[None]
+    labels.append(labels[0].copy())  # the same clustering again for the control below
     method.set_training(True)
     with torch.no_grad():
         loss = float(sum(method.training_step(one).values()))
+        method.cfg.dice = "image"  # control: the per-image dice the loss was written for
+        per_image = float(sum(method.training_step(one).values()))
+    method.cfg.dice = "row"
     method.set_training(False)
     np.testing.assert_allclose(loss, float(recorded["train_loss"]), rtol=1e-5)
+    assert abs(per_image - loss) > 1e-3 * loss  # the code's batch-1 dice is per mask row

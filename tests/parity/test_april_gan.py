@@ -53,6 +53,7 @@ class Setup:
         from safetensors.torch import save_file
 
         from zsad_bench.context import Context
+        from zsad_bench.feature_cache import FeatureCache
         from zsad_bench.methods.april_gan import APRILGAN, APRILGANConfig, from_official_checkpoint
 
         self.rec = {k.removeprefix(f"{key}/"): v for k, v in recorded.items() if k.startswith(f"{key}/")}
@@ -75,7 +76,8 @@ class Setup:
             bb.update(activation="gelu", pos_interp="bicubic", pos_antialias=True)  # as the code's factory
         else:
             bb = {"name": "clip_vit_l14_336"}  # its registered defaults are the code's (518, GELU, bicubic + antialias)
-        self.ctx = Context(device="cpu", seed=0, backbone_cfg={**bb, "weights": str(path)})
+        cache = FeatureCache(folder / "cache", dtype="fp32")  # each image's tokens computed once, stored exactly
+        self.ctx = Context(device="cpu", seed=0, backbone_cfg={**bb, "weights": str(path)}, cache=cache)
         self.method = APRILGAN(APRILGANConfig())
         self.method.setup(self.ctx)
         official = drv.linear_checkpoint(model_cfg["vision_cfg"]["width"], model_cfg["embed_dim"])
@@ -106,7 +108,9 @@ class Setup:
         from zsad_bench.types import Batch, SampleRecord
 
         c = self.ctx.backbone.cfg
-        spec = PreprocessSpec.from_cfg({"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation})
+        spec = PreprocessSpec.from_cfg(
+            {"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation}
+        )
         recs, tensors = [], []
         for i, img in enumerate(images):
             path = folder / f"{split}_{i}.png"
@@ -127,10 +131,23 @@ class Setup:
         grid = self.ctx.backbone.grid_size
         with torch.no_grad():
             out = [
-                (m.cfg.logit_scale * F.normalize(t, dim=-1) @ text.transpose(1, 2)).transpose(1, 2).reshape(-1, 2, *grid)
+                (m.cfg.logit_scale * F.normalize(t, dim=-1) @ text.transpose(1, 2))
+                .transpose(1, 2)
+                .reshape(-1, 2, *grid)
                 for t in apply_layers(m.proj, tokens).values()
             ]
         return torch.stack(out, dim=1).numpy()
+
+    def memory_distances(self) -> np.ndarray:
+        """Per-layer min over the memory of (1 − cos), before upsampling: (B, L, g, g)."""
+        import torch.nn.functional as F
+
+        m = self.method
+        tokens, _ = m._features(self.test_batch)
+        grid = self.ctx.backbone.grid_size
+        with torch.no_grad():
+            out = [(1 - F.normalize(t, dim=-1) @ m._memory[layer].T).amin(dim=-1) for layer, t in tokens.items()]
+        return torch.stack(out, dim=1).reshape(-1, len(out), *grid).numpy()
 
     def check_maps(self, ours: np.ndarray, mode: str) -> float:
         """Compare with the recorded maps (every pixel, or every SUB-th plus one image in full); max difference."""
@@ -138,7 +155,9 @@ class Setup:
             diff = np.abs(ours - self.rec[f"{mode}/maps"]).max()
         else:
             sub = ours[:, :: self.sub, :: self.sub]
-            diff = max(np.abs(sub - self.rec[f"{mode}/maps_sub"]).max(), np.abs(ours[1] - self.rec[f"{mode}/map1"]).max())
+            diff = max(
+                np.abs(sub - self.rec[f"{mode}/maps_sub"]).max(), np.abs(ours[1] - self.rec[f"{mode}/map1"]).max()
+            )
         assert diff <= ATOL, f"{mode} maps differ by {diff}"
         return float(diff)
 
@@ -179,6 +198,7 @@ def test_one_shot_maps_and_scores_equal_the_code(s):
     m = s.method
     m.set_references(s.ref_batch)
     try:
+        dists = s.memory_distances()
         pred = m.predict(s.test_batch)
         m.cfg.fewshot_image = "zero_shot"
         zero = m.predict(s.test_batch).image_scores.numpy()
@@ -186,6 +206,7 @@ def test_one_shot_maps_and_scores_equal_the_code(s):
         m.cfg.fewshot_image = "max_scaled"
         m._memory = None
     maps = pred.anomaly_maps.numpy()
+    np.testing.assert_allclose(dists, s.rec["few/dists"], rtol=0, atol=1e-5)  # per layer, before upsampling
     s.check_maps(maps, "few")
     # the code's image score: 0.5 · (zero-shot score + per-class min-max of the map maxima over the test set)
     peaks = maps.reshape(len(maps), -1).max(axis=1)

@@ -1,10 +1,12 @@
 """``zsad-bench knowledge generate|vqa|check|show``: KAnoCLIP's anomaly knowledge (:mod:`zsad_bench.knowledge`).
 
-- ``generate model=<local model folder> dataset=<name> [n=5] [out=<file>] [max_new_tokens=60] [seed=0]``:
+- ``generate model=<local model folder> dataset=<name> [n=5] [out=<file>] [max_new_tokens=60] [seed=0]``
+  (``out`` defaults to ``<cache root>/knowledge/llm/<dataset>.<model>.yaml``):
   ask a text-generation model the paper's question for every category of the dataset and write a
   knowledge file (review it, then pass it as ``method.knowledge_files=[<file>]``);
 - ``vqa model=<local model folder> dataset=<name> root=<dataset folder> [split=test] [cache=<folder>]
-  [max_new_tokens=60] [limit=N]``: one description per image, cached per image (``method.vqa_cache``);
+  [max_new_tokens=60] [limit=N]``: one description per image, cached per image under
+  ``<cache root>/knowledge/vqa`` by default (``method.vqa_cache``);
 - ``check [file=<knowledge file>]``: which registered categories the shipped files (or ``file``) lack;
 - ``show [file=<knowledge file>] [class=<name>]``: print descriptions.
 
@@ -62,7 +64,10 @@ def _generate(args: dict[str, str]) -> int:
         seed=int(args.get("seed", 0)),
     )  # fmt: skip
     kf.notes = f"generated for dataset {dataset}; review before use"
-    out = Path(args.get("out") or f"knowledge/{dataset}.{Path(model).name}.yaml")
+    from zsad_bench.features import default_cache_root
+
+    default = Path(default_cache_root()) / "knowledge" / "llm" / f"{dataset}.{Path(model).name}.yaml"
+    out = Path(args.get("out") or default)
     kf.save(out)
     print(f"wrote {len(kf.descriptions)} classes x {args.get('n', 5)} descriptions to {out}")
     return 0

@@ -152,7 +152,9 @@ def _field(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
     return np.stack(chans, -1) + rng.normal(0, 0.05, (h, w, 3))
 
 
-def make_inputs(hw: tuple[int, int], seed: int = SEED) -> tuple[list[tuple[str, np.ndarray, np.ndarray | None]], np.ndarray]:
+def make_inputs(
+    hw: tuple[int, int], seed: int = SEED
+) -> tuple[list[tuple[str, np.ndarray, np.ndarray | None]], np.ndarray]:
     """([(defect, (H, W, 3) uint8, (H, W) uint8 mask or None)] × 3 test images, the training good image)."""
     rng = np.random.default_rng(seed)
     h, w = hw
@@ -192,7 +194,9 @@ def write_dataset(root: Path, hw: tuple[int, int]) -> None:
     rel = f"{CLASS}/train/good/000.png"
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(ref).save(root / rel)
-    meta["train"][CLASS].append({"img_path": rel, "mask_path": "", "cls_name": CLASS, "specie_name": "good", "anomaly": 0})
+    meta["train"][CLASS].append(
+        {"img_path": rel, "mask_path": "", "cls_name": CLASS, "specie_name": "good", "anomaly": 0}
+    )
     (root / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -255,13 +259,12 @@ class Recorder:
 
     def install(self, weights_file: Path) -> list:
         """Patch (see the module docstring) and observe; returns the undo list."""
-        import PIL.Image
-        import sklearn.metrics
-        import torch.nn.functional as F
-
         import open_clip  # the code's vendored package (its folder is first on sys.path)
         import open_clip.openai as oa
+        import PIL.Image
         import prompt_ensemble
+        import sklearn.metrics
+        import torch.nn.functional as F
 
         undo = []
 
@@ -382,7 +385,10 @@ def record_arch(source: Path, key: str) -> dict[str, np.ndarray]:
             for name in [m for m in sys.modules if m.split(".")[0] in ("open_clip", "test", "model", "few_shot",
                                                                         "dataset", "prompt_ensemble")]:  # fmt: skip
                 del sys.modules[name]
-    out = {"weights_digest": np.array(tensor_digest(weights)), "linear_digest": np.array(tensor_digest(linear["trainable_linearlayer"]))}
+    out = {
+        "weights_digest": np.array(tensor_digest(weights)),
+        "linear_digest": np.array(tensor_digest(linear["trainable_linearlayer"])),
+    }
     out["keys"] = np.array(sorted(shapes))
     for mode, rec in runs.items():
         m = "zero" if mode == "zero_shot" else "few"
@@ -408,7 +414,6 @@ def main() -> None:
     parser.add_argument("--arch", action="append", choices=sorted(ARCHS), help="default: all")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "fixtures" / "april_gan.npz")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = dict(np.load(args.out)) if args.out.is_file() else {}
     for key in args.arch or sorted(ARCHS):
         data = {k: v for k, v in data.items() if not k.startswith(f"{key}/")}
