@@ -205,6 +205,7 @@ def fit_batches(
                 order = [items[i] for i in epoch_order(len(items), seed, epoch)]
                 with progress_bar(progress, len(order), f"fit epoch {epoch}/{recipe.epochs}") as bar:
                     losses.append(run_epoch(loop, order, epoch, recipe.epochs, bar))
+                method.end_of_epoch(epoch, recipe.epochs)  # as in train_or_load (AdaCLIP's epoch selection)
     finally:
         method.set_training(False)
     return losses

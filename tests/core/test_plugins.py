@@ -76,9 +76,7 @@ def write_dist(site: Path, module_source: str) -> None:
     info = site / "zsad_thirdparty-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zsad-thirdparty\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[zsad_bench.methods]\nbrightness_deviation = zsad_thirdparty_plugin\n"
-    )
+    (info / "entry_points.txt").write_text("[zsad_bench.methods]\nbrightness_deviation = zsad_thirdparty_plugin\n")
 
 
 def test_entry_point_plugin_appears_in_list(tmp_path):
@@ -86,7 +84,11 @@ def test_entry_point_plugin_appears_in_list(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "250"}
     out = subprocess.run(
         [sys.executable, "-c", "from zsad_bench.cli import main; main(['list', 'methods'])"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     assert "brightness_deviation" in out.stdout

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from zsad_bench.commands import echo
 from zsad_bench.features import FeatureCache, default_cache_root
 
 __all__ = ["main"]
@@ -44,11 +45,11 @@ def main(argv: Sequence[str]) -> int:
         return _info(cache)
     if args.action == "clear":
         removed = cache.clear(args.spec)
-        print(f"removed {removed} entries from {cache.root}")
+        echo(f"removed {removed} entries from {cache.root}")
         return 0
     report = cache.verify()
     for line in report.corrupt:
-        print(f"corrupt (removed): {line}")
+        echo(f"corrupt (removed): {line}")
     corrupt, tmp = len(report.corrupt), report.removed_tmp
-    print(f"checked {report.checked} entries: {corrupt} corrupt, {tmp} stale temporary files removed")
+    echo(f"checked {report.checked} entries: {corrupt} corrupt, {tmp} stale temporary files removed")
     return 1 if report.corrupt else 0

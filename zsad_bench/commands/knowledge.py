@@ -19,6 +19,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from zsad_bench.commands import echo
+
 __all__ = ["main", "parse_pairs", "registered_classes"]
 
 logger = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def _generate(args: dict[str, str]) -> int:
     default = Path(default_cache_root()) / "knowledge" / "llm" / f"{dataset}.{Path(model).name}.yaml"
     out = Path(args.get("out") or default)
     kf.save(out)
-    print(f"wrote {len(kf.descriptions)} classes x {args.get('n', 5)} descriptions to {out}")
+    echo(f"wrote {len(kf.descriptions)} classes x {args.get('n', 5)} descriptions to {out}")
     return 0
 
 
@@ -89,7 +91,7 @@ def _vqa(args: dict[str, str]) -> int:
     describe_images(
         model, [r.image_path for r in records], classes, cache, max_new_tokens=int(args.get("max_new_tokens", 60))
     )
-    print(f"{len(records)} images described; cache {cache.root} (method.vqa_cache={cache.root} "
+    echo(f"{len(records)} images described; cache {cache.root} (method.vqa_cache={cache.root} "
           f"method.vqa_model={cache.model})")  # fmt: skip
     return 0
 
@@ -103,8 +105,8 @@ def _check(args: dict[str, str]) -> int:
     }
     missing = {d: cs for d, cs in missing.items() if cs}
     for d, cs in missing.items():
-        print(f"{d}: no knowledge for {', '.join(cs)}")
-    print(f"{len(kf.descriptions)} classes described; {sum(map(len, missing.values()))} registered classes missing")
+        echo(f"{d}: no knowledge for {', '.join(cs)}")
+    echo(f"{len(kf.descriptions)} classes described; {sum(map(len, missing.values()))} registered classes missing")
     return 1 if missing else 0
 
 
@@ -114,9 +116,9 @@ def _show(args: dict[str, str]) -> int:
     kf = KnowledgeFile.load(args["file"]) if args.get("file") else shipped_knowledge()
     names = [args["class"]] if args.get("class") else sorted(kf.descriptions)
     for name in names:
-        print(f"{name}:")
+        echo(f"{name}:")
         for line in kf.descriptions.get(name, ["(none)"]):
-            print(f"  - {line}")
+            echo(f"  - {line}")
     return 0
 
 
@@ -131,10 +133,10 @@ def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     actions = {"generate": _generate, "vqa": _vqa, "check": _check, "show": _show}
     if not argv or argv[0] not in actions:
-        print(f"usage: zsad-bench knowledge {{{'|'.join(actions)}}} [key=value ...]\n\n{_USAGE}")
+        echo(f"usage: zsad-bench knowledge {{{'|'.join(actions)}}} [key=value ...]\n\n{_USAGE}")
         return 2
     try:
         return actions[argv[0]](parse_pairs(argv[1:]))
     except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"zsad-bench knowledge {argv[0]}: {exc}")
+        echo(f"zsad-bench knowledge {argv[0]}: {exc}")
         return 2

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from zsad_bench.commands import echo
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -126,17 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv or []))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     if not args.results.is_dir():
-        print(f"zsad-bench leaderboard: {args.results} is not a folder; run a sweep first", file=sys.stderr)
+        echo(f"zsad-bench leaderboard: {args.results} is not a folder; run a sweep first", err=True)
         return 1
     out = args.out or args.results / "leaderboard"
     markdown, written, n_jobs = write_all(args.results, out, args)
     if n_jobs == 0:
-        print(f"zsad-bench leaderboard: no job result (metrics.json) under {args.results}", file=sys.stderr)
+        echo(f"zsad-bench leaderboard: no job result (metrics.json) under {args.results}", err=True)
         return 1
     if not args.quiet:
-        print(markdown)
+        echo(markdown)
         fails = out / "failures.md"
         if fails.is_file():
-            print("Failures and skipped images:\n\n" + fails.read_text())
-        print(f"wrote {len(written)} files to {out}")
+            echo("Failures and skipped images:\n\n" + fails.read_text())
+        echo(f"wrote {len(written)} files to {out}")
     return 0

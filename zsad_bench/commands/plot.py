@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from zsad_bench.commands import echo
 
 __all__ = ["main", "select_jobs"]
 
@@ -130,10 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.results / "figures"
         paths = {"grid": _grid, "curves": _curves, "bar": _bar, "all": _all}[args.what](res, args, out)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"zsad-bench plot: {exc}", file=sys.stderr)
+        echo(f"zsad-bench plot: {exc}", err=True)
         return 1
     if not paths:
-        print(f"zsad-bench plot: no finished job to plot under {args.results}", file=sys.stderr)
+        echo(f"zsad-bench plot: no finished job to plot under {args.results}", err=True)
         return 1
-    print("\n".join(str(p) for p in paths))
+    echo("\n".join(str(p) for p in paths))
     return 0

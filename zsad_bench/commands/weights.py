@@ -19,6 +19,7 @@ from rich.table import Table
 
 from zsad_bench.backbones.manifest import MANIFEST, WeightsSource
 from zsad_bench.backbones.weights import file_sha256, find_local, weights_root
+from zsad_bench.commands import echo
 
 __all__ = ["check_source", "main", "select"]
 
@@ -76,13 +77,13 @@ def _check(names: Sequence[str], root: Path) -> int:
     for source in select(names):
         status, detail = check_source(source, root)
         failed += status in ("missing", "bad")
-        print(f"{source.key:<36} {status:<10} {detail}")
+        echo(f"{source.key:<36} {status:<10} {detail}")
     return 1 if failed else 0
 
 
 def _path(names: Sequence[str], root: Path) -> int:
     for source in select(names):
-        print(f"{source.key}: {root / source.key}/ (accepted files: {', '.join(source.files)})")
+        echo(f"{source.key}: {root / source.key}/ (accepted files: {', '.join(source.files)})")
     return 0
 
 
@@ -103,5 +104,5 @@ def main(argv: Sequence[str]) -> int:
             parser.error("path needs a NAME or NAME.TAG")
         return _path(args.names, root)
     except KeyError as exc:
-        print(f"error: {exc.args[0]}")
+        echo(f"error: {exc.args[0]}")
         return 2
