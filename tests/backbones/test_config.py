@@ -71,3 +71,21 @@ def test_geometry_is_known_without_loading_the_network():
 def test_preprocessing_string_names_the_transform():
     cfg = default_config("clip_vit_l14_336")
     assert cfg.preprocessing().startswith("squash-bicubic-518|mean=0.48145466")
+
+
+def test_network_first_loaded_inside_inference_mode_still_supports_autograd():
+    import torch
+
+    from zsad_bench.backbones import build_backbone
+
+    bb = build_backbone({"name": "tiny_clip"})
+    with torch.inference_mode():
+        model = bb.model  # first access happens here
+    assert not any(p.is_inference() for p in model.parameters())
+    ctx = torch.zeros(1, 4, model.token_embedding.weight.shape[1], requires_grad=True)
+    tokens = bb.tokenize(["a photo of a thing"])
+    emb = bb.token_embeddings(tokens)
+    emb = torch.cat([emb[:, :1], ctx, emb[:, 5:]], dim=1)
+    out = bb.encode_token_embeddings(emb, bb.eot_index(tokens))
+    out.sum().backward()
+    assert ctx.grad is not None and ctx.grad.abs().sum() > 0

@@ -193,8 +193,10 @@ class Backbone(ABC):
         return self._model
 
     def _load(self) -> nn.Module:
-        with torch.random.fork_rng(devices=[]):  # seeded random init; the caller's RNG stream is left alone
-            torch.manual_seed(self.cfg.seed)
+        # inference_mode(False): a network first touched inside an inference_mode block would
+        # otherwise hold inference tensors, and later autograd through it (prompt learning) fails
+        with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)  # seeded random init; the caller's RNG stream is left alone
             model = self._create()
             if self.weights.path is not None:
                 self._load_checkpoint(model)
