@@ -69,6 +69,7 @@ __all__ = [
     "AdaptCLIP",
     "AdaptCLIPConfig",
     "build_parts",
+    "convert_official_checkpoint",
     "fuse_few_shot",
     "fuse_zero_shot",
     "harmonic_mean",
@@ -602,3 +603,53 @@ def _check_placeholder(tokens: torch.Tensor, n_ctx: int, x_id: Any) -> None:
     row = tokens[0, 1 : n_ctx + 2]
     if not bool((row[:n_ctx] == x_id).all()) or bool(row[n_ctx] == x_id):
         raise ValueError(f"the placeholder 'X' does not occupy exactly positions 1..{n_ctx}: {tokens[0, : n_ctx + 3]}")
+
+
+_VA_NAMES = {"local_adater": "local_mlp", "global_adapter": "global_mlp"}  # the official spelling "adater"
+_VA_LAYERS = {"0": "down", "1": "norm", "3": "up"}  # fc.<index> of the official ResMLP
+_PQA_HEADS = {"local_adapter": "seg", "global_adapter": "image"}
+
+
+def convert_official_checkpoint(
+    checkpoint: Mapping[str, Mapping[str, torch.Tensor]], shared: bool = True
+) -> dict[str, torch.Tensor]:
+    """Our :meth:`AdaptCLIP.load_learnable_state` names for a gaobb/AdaptCLIP checkpoint.
+
+    Args:
+        checkpoint: the official file's ``{"textual_learner", "visual_learner", "pq_learner": state_dict}``
+            (any of them may be missing).
+        shared: ``head_sharing="shared"``: the official head is one module repeated per layer, so its
+            checkpoint repeats the tensors under ``.0``–``.3``; as ``load_state_dict`` does there, the
+            last index wins. ``False`` keeps one head per layer (``head_sharing="per_layer"``).
+
+    Returns:
+        ``{our key: tensor}``; the text placeholders' buffers (rebuilt by us) are dropped.
+
+    Raises:
+        KeyError: a tensor name the converter does not know (the file is not an AdaptCLIP checkpoint).
+    """
+    out: dict[str, torch.Tensor] = {}
+    best: dict[str, int] = {}
+    for group, state in checkpoint.items():
+        for name, value in state.items():
+            head, _, rest = name.partition(".")
+            if group == "textual_learner":
+                if name in ("ctx_pos", "ctx_neg"):  # (1, 1, n_ctx, D): pos = normal, neg = anomalous
+                    key = "textual.normal" if name == "ctx_pos" else "textual.anomalous"
+                    out[key] = value.reshape(-1, value.shape[-1])
+                elif not name.startswith(("token_", "tokenized_")):
+                    raise KeyError(f"convert_official_checkpoint: unknown textual_learner tensor {name!r}")
+            elif group == "visual_learner" and head in _VA_NAMES and rest.split(".")[1] in _VA_LAYERS:
+                _, index, tail = rest.split(".", 2)  # fc.<index>.<tail>
+                out[f"visual.{_VA_NAMES[head]}.{_VA_LAYERS[index]}.{tail}"] = value
+            elif group == "pq_learner" and head == "sharebn":
+                out[f"pqa.norms.{rest}"] = value
+            elif group == "pq_learner" and head in _PQA_HEADS:
+                layer, tail = rest.split(".", 1)
+                key = f"pqa.{_PQA_HEADS[head]}.{0 if shared else layer}.{tail}"
+                if shared and best.get(key, -1) > int(layer):
+                    continue
+                out[key], best[key] = value, int(layer)
+            else:
+                raise KeyError(f"convert_official_checkpoint: unknown tensor {group}.{name}")
+    return out
