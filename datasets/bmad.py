@@ -1,6 +1,6 @@
 """BMAD medical sets with masks: LiverCT and RESC (retinal OCT), as BMAD or MVFA-AD distribute them.
 
-The copies differ in folder names (``../shared/specs/datasets.md`` §21); all of these are read:
+The copies differ in folder names (``docs/datasets.md``); all of these are read:
 
 * MVFA-AD / BMAD README: ``<split>/{good,Ungood}/img/*.png``, masks ``<split>/Ungood/anomaly_mask/``;
 * BMAD loaders and anomalib's mirror: the mask folder is ``label`` instead of ``anomaly_mask``;

@@ -1,6 +1,6 @@
 """DAGM 2007, the 10-class weakly supervised set (Kaggle "DAGM_KaggleUpload").
 
-Layout (``../shared/specs/datasets.md`` §7): ``ClassN/{Train,Test}/NNNN.PNG`` with
+Layout (the Kaggle ``DAGM_KaggleUpload`` copy; ``docs/datasets.md``): ``ClassN/{Train,Test}/NNNN.PNG`` with
 ``ClassN/{Train,Test}/Label/NNNN_label.PNG`` (coarse ellipses) and ``Label/Labels.txt``,
 tab-separated after a one-line header: index, defect flag 0/1, image file, 0, label file.
 Copies extracted class by class nest one more level (``ClassN/ClassN/Train``); both work.

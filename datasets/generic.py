@@ -1,7 +1,7 @@
 """Generic datasets: an existing ``meta.json`` preparation, and a plain folder of a user's own images.
 
 ``meta_json`` reads the format written by the APRIL-GAN / AnomalyCLIP / AdaCLIP preparation
-scripts (``../shared/specs/datasets.md`` §0.1), so a copy prepared for those repositories works
+scripts (their ``meta.json`` format; ``docs/datasets.md``), so a copy prepared for those repositories works
 as-is. ``folder`` reads ``<root>/<category>/good/`` plus one folder per defect, with optional
 masks. Their categories come from the data (:meth:`available_categories`).
 """

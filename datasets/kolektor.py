@@ -1,7 +1,7 @@
 """Kolektor surface-defect datasets: KolektorSDD (KSDD) and KolektorSDD2 (KSDD2).
 
 Both label an image by its mask's content: an image is defective iff its mask has a non-zero
-pixel (``../shared/specs/datasets.md`` §5, §6). Listing records therefore reads the masks (small
+pixel (``docs/datasets.md``). Listing records therefore reads the masks (small
 files); the result is cached per folder for the life of the dataset object.
 """
 

@@ -1,7 +1,7 @@
 """Medical datasets with image-level labels only: HeadCT, BrainMRI, Br35H, COVID-19 Radiography.
 
 None has pixel masks, so pixel metrics are not applicable. All images are test images (as the
-ZSAD papers use them); the train split is empty. Layouts: ``../shared/specs/datasets.md`` §11–14.
+ZSAD papers use them); the train split is empty. Layouts: ``docs/datasets.md``.
 """
 
 from __future__ import annotations

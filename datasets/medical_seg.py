@@ -2,7 +2,7 @@
 
 Every image shows a lesion, so image metrics are not applicable and only pixel metrics are
 reported. Each image is paired with the mask of the same stem in a sibling folder. Layouts:
-``../shared/specs/datasets.md`` §15–20.
+``docs/datasets.md``.
 """
 
 from __future__ import annotations

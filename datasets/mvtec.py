@@ -1,6 +1,6 @@
 """Industrial datasets in the MVTec AD folder layout: MVTec AD, MPDD, BTAD, DTD-Synthetic, MVTec 3D-AD (RGB).
 
-Layouts and counts: ``../shared/specs/datasets.md`` §1, §3, §4, §8, §9 (summarised in ``docs/datasets.md``).
+Layouts and counts: ``docs/datasets.md``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Real-IAD (Wang et al., CVPR 2024): 30 objects, 5 views each, split by the authors' JSON files.
 
-Layout (``../shared/specs/datasets.md`` §10): ``realiad_<res>/<cat>/...`` images and masks and
+Layout (``docs/datasets.md``): ``realiad_<res>/<cat>/...`` images and masks and
 ``realiad_jsons/<cat>.json`` with ``meta`` (``prefix``, ``normal_class``) and ``train``/``test``
 lists of ``{category, anomaly_class, image_path, mask_path}``. A file is
 ``realiad_<res>/<prefix>/<image_path>``. Mask names are taken from the JSON (they cannot be

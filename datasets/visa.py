@@ -1,6 +1,6 @@
 """VisA (Zou et al., ECCV 2022), read through the authors' ``split_csv/1cls.csv``.
 
-Layout (``../shared/specs/datasets.md`` §2): ``<cat>/Data/Images/{Normal,Anomaly}/*.JPG``,
+Layout (``docs/datasets.md``): ``<cat>/Data/Images/{Normal,Anomaly}/*.JPG``,
 ``<cat>/Data/Masks/Anomaly/*.png`` and ``split_csv/1cls.csv`` with columns
 ``object,split,label,image,mask`` (paths relative to the VisA folder). Masks hold class ids
 (0 background, 1..K defect classes), binarised as > 0. Copies already converted to the

@@ -1,6 +1,6 @@
 """AdaptCLIP's learnable modules and pure functions (``methods/adaptclip.py`` wires them).
 
-Written from the AdaptCLIP paper (AAAI 2026) and ``reference-methods.md`` §6; the official code is
+Written from the AdaptCLIP paper (AAAI 2026) and ``docs/methods/adaptclip.md``; the official code is
 GPL-2.0 and nothing of it is copied. Torch is imported inside the functions so that listing the
 plugins stays cheap.
 """
@@ -44,7 +44,7 @@ def _bn1d(width: int) -> nn.Module:
 
 
 def _res_mlp(dim: int, reduction: int) -> nn.Module:
-    """``x + W2·ReLU(BN(W1·x))`` on the last axis, no biases (spec §6.3)."""
+    """``x + W2·ReLU(BN(W1·x))`` on the last axis, no biases (official ``ResMLP``)."""
     from torch import nn
 
     class ResMLP(nn.Module):
@@ -143,7 +143,7 @@ def build_parts(cfg: Any, switches: Any, embed: int, text_width: int, n_layers: 
 def nearest_prompt_tokens(
     query: torch.Tensor, prompt: torch.Tensor, metric: str = "cosine"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For every query token the nearest prompt token (spec §6.5; paper Eq. 5).
+    """For every query token the nearest prompt token (paper Eq. 5; official ``PQAdapter``).
 
     Args:
         query: (B, N, E) query patch tokens.
@@ -213,7 +213,7 @@ def harmonic_mean(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
 def fuse_zero_shot(
     maps: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], sigma: float, fusion: str = "code"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-shot fusion (spec §6.7): map = G_σ(mean of the maps); score = mean(scores[, max of the map]).
+    """Zero-shot fusion (official ``test.py``): map = G_σ(mean of the maps); score = mean(scores[, max of the map]).
 
     Args:
         maps: per branch (B, S, S) anomalous probabilities.
@@ -242,7 +242,7 @@ def fuse_few_shot(
     sigma: float,
     fusion: str = "code",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Few-shot fusion (spec §6.7).
+    """Few-shot fusion (official ``test.py``).
 
     ``code``: map = G_σ(H(mean of the maps, align)); score = H(mean of the scores, max of the map),
     H the harmonic mean, non-finite values → 0. ``paper``: map = G_σ(mean of the maps); score = mean

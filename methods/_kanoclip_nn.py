@@ -1,6 +1,6 @@
 """KAnoCLIP's learnable modules: Bi-CMCI (with deformable self-attention), the Conv-Adapter, L_KD.
 
-Our interpretation of Li et al., "KAnoCLIP" (arXiv 2501.03786; ``shared/papers/kanoclip.txt``
+Our interpretation of Li et al., "KAnoCLIP" (arXiv 2501.03786,
 §2.2–2.4), which publishes no code; the choices the paper leaves open are listed in
 ``docs/methods/kanoclip.md``. Imported by :mod:`zsad_bench.methods.kanoclip` only (the leading
 underscore keeps the registry from treating it as a plugin); torch is imported at module level

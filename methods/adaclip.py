@@ -1,9 +1,9 @@
 """AdaCLIP: hybrid learnable prompts inside both CLIP encoders and hybrid semantic fusion.
 
 Paper: Cao, Zhang, Frittoli, Cheng, Shen, Boracchi, "AdaCLIP: Adapting CLIP with Hybrid Learnable
-Prompts for Zero-Shot Anomaly Detection", ECCV 2024, arXiv 2407.15795 (``shared/papers/adaclip-eccv2024.txt``).
+Prompts for Zero-Shot Anomaly Detection", ECCV 2024, arXiv 2407.15795.
 Official code: https://github.com/caoyunkang/AdaCLIP @ e27ee32b (MIT): ``method/adaclip.py``,
-``method/trainer.py``, ``train.py``, ``loss.py``. Spec: ``reference-methods.md`` §5, §11.
+``method/trainer.py``, ``train.py``, ``loss.py``.
 Independent implementation; no reference code is copied. docs/methods/adaclip.md lists, side by
 side, what the paper says, what the code does and the switch for each difference.
 

@@ -1,12 +1,12 @@
 """AdaptCLIP: visual, textual and prompt-query adapters on a frozen CLIP, zero- and few-shot.
 
 Paper: Gao, Zhou, Yan, Cai, Zhang, Wang, Liu, Liu, Wang, Wang, "AdaptCLIP: Adapting CLIP for Universal
-Visual Anomaly Detection", AAAI 2026, arXiv 2505.09926 (``../shared/papers/adaptclip-aaai2026.txt``).
+Visual Anomaly Detection", AAAI 2026, arXiv 2505.09926.
 Official code: gaobb/AdaptCLIP @ 354d9e33, **GPL-2.0**: nothing of it is copied or paraphrased here; this
-module is written from the paper and the facts of ``reference-methods.md`` §6 (architectures, constants,
+module is written from the paper and from facts about the official code (architectures, constants,
 formulas). Details and the paper-vs-code table: ``docs/methods/adaptclip.md``.
 
-What runs (defaults = the official code's behaviour, spec §6.8):
+What runs (defaults = the official code's behaviour, as its ``test.py`` runs):
 
 - backbone: OpenAI CLIP ViT-L/14@336 at 518, QuickGELU, positional embedding resized bilinearly
   (``conf/method/adaptclip.yaml``); the V-V dual path in blocks 6–24; patch tokens of layers 6/12/18/24
@@ -24,7 +24,7 @@ What runs (defaults = the official code's behaviour, spec §6.8):
   patch by cosine (all shots pooled), align score min(1 − cos), joint feature ``q + |q − p'|``
   (``context=false``: ``|q − p'|``) → per-layer BatchNorm2d → a segmentation head and an image head that
   are **one module shared by the four layers** as in the code (``head_sharing=per_layer`` for the paper).
-- fusion (spec §6.7) in :func:`fuse_zero_shot` / :func:`fuse_few_shot`; σ = 4; non-finite values → 0.
+- fusion (the official ``test.py``'s) in :func:`fuse_zero_shot` / :func:`fuse_few_shot`; σ = 4; non-finite values → 0.
 - training (the shared trainer): the summed losses of the branches (CE + focal + dice + dice of the
   normal channel; PQA summed over layers), Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, seed 10.
   Each query is paired with a normal image of its class drawn from the auxiliary dataset's *train* split,
@@ -103,10 +103,10 @@ _CHOICES = {
 
 @dataclass
 class AdaptCLIPConfig:
-    """Knobs; defaults are the official code's (spec §6), the paper's variants are switches."""
+    """Knobs; defaults are the official code's, the paper's variants are switches."""
 
     name: str = "adaptclip"
-    # --- frozen image features (spec §6.1)
+    # --- frozen image features (official ``adaptcliplib/adaptclip.py``)
     layers: list[int] = field(default_factory=lambda: [6, 12, 18, 24])  # PQA layers (features_list)
     local_layer: int = 24  # the layer VA and TA score
     first_block: int = 6  # first V-V block (DPAM_layer=20 on 24 blocks)
@@ -135,7 +135,7 @@ class AdaptCLIPConfig:
     anomalous_states: str = "winclip_anomalous_states"
     temperature: float = 0.07  # cos / 0.07 (the paper writes plain cosines: 1.0)
     # --- inference
-    fusion: str = "code"  # code (spec §6.7) | paper (plain means of the adapters)
+    fusion: str = "code"  # code (official test.py) | paper (plain means of the adapters)
     sigma: float = 4.0
     # --- training recipe (scripts/train_adaptclip.sh); train.* overrides win
     epochs: int = 15
@@ -314,7 +314,7 @@ class AdaptCLIP(Method):
         self._memory.clear()
 
     def predict(self, batch: Batch) -> Prediction:
-        """Zero-shot (VA + TA) or, with references, few-shot (VA + TA + PQA) fused as spec §6.7."""
+        """Zero-shot (VA + TA) or, with references, few-shot (VA + TA + PQA) fused as the official ``test.py`` does."""
         import torch
 
         size = batch.images.shape[-1]

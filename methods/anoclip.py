@@ -1,14 +1,14 @@
 """AnoCLIP and AnoCLIP+ (test-time adaptation): V-V patch tokens and domain-aware state prompts.
 
 Paper: Deng, Zhang, Bao, Li, "Bootstrap Fine-Grained Vision-Language Alignment for Unified Zero-Shot
-Anomaly Localization" (first released as "AnoVL", arXiv 2308.15939; text: ``shared/papers/anoclip-tta.txt``).
+Anomaly Localization" (first released as "AnoVL", arXiv 2308.15939).
 Official code: hq-deng/AnoVL (MIT) @ 3a70bfda: ``vl_test.py`` (the MVTec script), ``model.py::TextAdapter``,
-``prompt_ensemble.py``, ``utils.py::aug``, ``open_clip/transformer.py``. Spec: ``reference-methods.md`` §7.
+``prompt_ensemble.py``, ``utils.py::aug``, ``open_clip/transformer.py``.
 Independent implementation; no reference code is copied.
 
 ``anoclip``, as the official MVTec script computes it:
 
-- patch tokens: the V-V stream (spec §1.2) from block 1 on, last layer, ``ln_post`` then ``@ proj``;
+- patch tokens: the V-V stream (``docs/backbones.md``) from block 1 on, last layer, ``ln_post`` then ``@ proj``;
 - text: "a [domain] photo of a [state] [class]": 22 base templates × 3 domain phrases (a texture set
   or an object set) × 7 normal / 7 anomalous states; the raw sentence embeddings are averaged per
   polarity and the two means L2-normalised;

@@ -3,13 +3,13 @@
 Paper: Zhou, Pang, Tian, He, Chen, "AnomalyCLIP: Object-agnostic Prompt Learning for Zero-shot Anomaly
 Detection", ICLR 2024, arXiv 2310.18961 (text not in our store). Official code: zqhang/AnomalyCLIP (MIT)
 @ 45ed4dd3: ``train.py``, ``test.py``, ``prompt_ensemble.py::AnomalyCLIP_PromptLearner``,
-``AnomalyCLIP_lib/AnomalyCLIP.py``, ``AnomalyCLIP_lib/model_load.py``. Spec: ``reference-methods.md`` §4.
+``AnomalyCLIP_lib/AnomalyCLIP.py``, ``AnomalyCLIP_lib/model_load.py``.
 Independent implementation; no reference code is copied.
 
 What it does (the official code's scripts, our defaults):
 
 - backbone: OpenAI CLIP ViT-L/14@336 at 518 with QuickGELU, the positional embedding resized
-  bilinearly (``conf/method/anomalyclip.yaml`` sets both); the V-V dual path (spec §1.2) in blocks
+  bilinearly (``conf/method/anomalyclip.yaml`` sets both); the V-V dual path (``AnomalyCLIP.py``) in blocks
   6–24 (``DPAM_layer=20``); patch tokens = V-V stream of the used layers, ``ln_post`` then ``@ proj``;
   the global feature = the *original* stream's CLS ``@ proj`` **without** ``ln_post``;
 - text: the placeholder sentences "X×12 object." and "X×12 damaged object."; the word embeddings of
@@ -30,7 +30,7 @@ What it does (the official code's scripts, our defaults):
 
 - ``code`` (default): layer 24 only with λ = 4, as the released scripts (``--features_list 24``) and
   checkpoints; λ = 4 reproduces the weight of the four identical "layers" of the code before its clone
-  fix (spec §4.1, issues #64, #82);
+  fix (AnomalyCLIP issues #64, #82);
 - ``paper``: layers 6, 12, 18, 24, each its own map and loss term, λ = 1 (maps summed over layers).
 
 Other switches: ``global_ln_post`` (``ln_post`` on the global token, issue #14), ``round_deep_prompts_fp16``,

@@ -3,14 +3,14 @@
 Paper: Chen, Han, Zhang, "APRIL-GAN: A Zero-/Few-Shot Anomaly Classification and Segmentation
 Method for CVPR 2023 VAND Workshop Challenge Tracks 1&2", arXiv 2305.17382 (text not in our store).
 Official code: https://github.com/ByChelsea/VAND-APRIL-GAN @ f13b8a63 (MIT): ``train.py``,
-``test.py``, ``model.py``, ``prompt_ensemble.py``, ``loss.py``. Spec: ``reference-methods.md`` §3.
+``test.py``, ``model.py``, ``prompt_ensemble.py``, ``loss.py``.
 Independent implementation; no reference code is copied.
 
 What it does (the official code, our defaults):
 
 - backbone: OpenAI CLIP ViT-L/14@336 run at 518 (37×37 patches), positional embedding resized
   bicubically, **GELU** as the official code really ran (its factory rebuilds the model from a
-  config without ``quick_gelu``; spec §1.1) — ``backbone.activation=quick_gelu`` is the switch;
+  config without ``quick_gelu``) — ``backbone.activation=quick_gelu`` is the switch;
 - features: the raw residual stream (no ``ln_post``, no ``proj``) of layers 6, 12, 18, 24, CLS
   dropped; one learnable ``Linear(1024 → 768)`` with bias per layer;
 - text: 7 normal × 35 and 5 abnormal × 35 sentences per class (``prompt_ensemble.py``), each

@@ -1,9 +1,9 @@
 """KAnoCLIP: knowledge-driven prompt learning, CLIP-VV, Bi-CMCI and the Conv-Adapter (our interpretation).
 
 Paper: Li, Zhou, Kong, Qi, Xue, "KAnoCLIP: Zero-Shot Anomaly Detection through Knowledge-Driven
-Prompt Learning and Enhanced Cross-Modal Integration", arXiv 2501.03786 (``shared/papers/kanoclip.txt``).
-Official code: none exists; this is the first public implementation. Spec: ``reference-methods.md``
-§8 lists what the paper leaves open; every such choice is a config value, and
+Prompt Learning and Enhanced Cross-Modal Integration", arXiv 2501.03786.
+Official code: none exists; this is the first public implementation.
+``docs/methods/kanoclip.md`` lists what the paper leaves open; every such choice is a config value, and
 ``docs/methods/kanoclip.md`` has the table "the paper says / we chose / why / switch".
 
 - **KnPL** (Eq. 1–3): learnable prefixes of K = 12 word embeddings, one for the normal and one
@@ -97,7 +97,7 @@ class KAnoCLIPConfig:
     beta: float = 1.0
     gamma: float = 1.0
     feature_dtype: str | None = None
-    # --- training recipe: AnomalyCLIP's (reference-methods.md §4.4), the paper says it follows it
+    # --- training recipe: AnomalyCLIP's (its train.sh), the paper says it follows it
     epochs: int = 15
     batch_size: int = 8
     lr: float = 1e-3

@@ -2,7 +2,7 @@
 
 APRIL-GAN, AdaCLIP and the DINOv2 / SAM segmentation heads all map the patch tokens of a few
 layers with one learnable linear layer per layer, turn per-patch two-class logits into maps at
-the input size, and train them with focal + dice (``reference-methods.md`` §1.3, §3, §5):
+the input size, and train them with focal + dice (the official ``loss.py`` of APRIL-GAN and AdaCLIP):
 
 * :func:`layer_linear` / :func:`apply_layers`: one ``Linear(in_dim, out_dim)`` per layer, seeded;
 * :func:`logit_maps`: (B, N, 2) logits on a patch grid → (B, 2, S, S), bilinearly upsampled;
@@ -166,7 +166,7 @@ class SegHeadConfig:
     """Knobs of a frozen encoder + per-layer ``Linear(D → 2)`` segmentation head (AdaCLIP appendix §3).
 
     The appendix gives the layers and says "trainable projection layers … similar to AdaCLIP"; the
-    rest follows AdaCLIP's code (``reference-methods.md`` §5.4–5.5), which trained them.
+    rest follows AdaCLIP's code (``method/adaclip.py``, ``method/trainer.py``), which trained them.
     """
 
     name: str = ""

@@ -1,6 +1,6 @@
 """Anomaly knowledge for KAnoCLIP's knowledge-driven prompts: files, LLM generation, VQA descriptions.
 
-KAnoCLIP (``shared/papers/kanoclip.txt`` §2.2.1) builds an "LLM-VQA knowledge base": n = 5 LLM
+KAnoCLIP (arXiv 2501.03786, §2.2.1) builds an "LLM-VQA knowledge base": n = 5 LLM
 answers per category to "Describe what an abnormal image of <class> looks like?" and m = 1 VQA
 description per training image. Three pluggable sources provide it here:
 

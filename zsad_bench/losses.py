@@ -1,7 +1,7 @@
 """The losses of the trained ZSAD methods: focal, binary dice, BCE and cross-entropy.
 
 Focal and dice follow the ``loss.py`` shared verbatim by APRIL-GAN, AnomalyCLIP, AdaCLIP and
-AdaptCLIP (``shared/specs/reference-methods.md`` §1.3); the code here is our own.
+AdaptCLIP; the code here is our own.
 
 * :func:`focal_loss` takes **probabilities** (already softmaxed, nothing is applied inside),
   shape (B, C, H, W) for maps or (B, C) for image-level predictions, and an integer class

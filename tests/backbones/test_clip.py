@@ -98,7 +98,7 @@ def test_interpolation_modes_really_differ(checkpoints):
 
 # ----------------------------------------------------------------------------- V-V path
 def _reference_vv(bb, images, first):
-    """Dual path written out head by head (spec §1.2)."""
+    """Dual path written out head by head (AnomalyCLIP's ``AnomalyCLIP_lib/AnomalyCLIP.py``)."""
     v = bb.model.visual
     x = v.conv1(images).flatten(2).transpose(1, 2)
     x = torch.cat([v.class_embedding.expand(x.shape[0], 1, -1), x], dim=1) + v.positional_embedding

@@ -1,4 +1,4 @@
-"""The shared prompt lists (spec §1.4) and the sentence helpers."""
+"""The shared prompt lists (from the official codes' prompt files) and the sentence helpers."""
 
 from __future__ import annotations
 

@@ -138,7 +138,7 @@ def test_domain_switch_changes_the_phrases():
     assert paper.domains("carpet") == paper.domains("bottle") == ANOCLIP_PAPER_DOMAINS
     rec = SampleRecord(Path("a.png"), 0, None, "bottle", "good", "test")
     normal, anomalous = code.sentences(rec, "bottle")
-    assert len(normal) == len(anomalous) == 66 * 7  # spec §1.4c: 462 per polarity
+    assert len(normal) == len(anomalous) == 66 * 7  # AnoVL prompt_ensemble.py: 462 per polarity
     assert normal[0] == "a cropped industrial photo of the normal bottle"
     assert anomalous[-1] == "a manufacturing image of a bottle with damage for anomaly detection"
     p_normal, _ = paper.sentences(rec, "bottle")

@@ -59,7 +59,7 @@ def data_root(tmp_path_factory) -> Path:
 def test_defaults_follow_the_official_code():
     cfg = compose()
     assert cfg.backbone.name == "clip_vit_l14_336"
-    assert cfg.backbone.activation == "gelu"  # what VAND-APRIL-GAN really ran (spec §1.1)
+    assert cfg.backbone.activation == "gelu"  # what VAND-APRIL-GAN really ran (factory config without quick_gelu)
     assert cfg.backbone.input_size == 518
     assert list(cfg.method.layers) == [6, 12, 18, 24]
     method = build_method(cfg.method)

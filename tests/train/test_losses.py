@@ -1,4 +1,4 @@
-"""Focal, dice, BCE and CE against values computed by hand from the reference formulas (spec §1.3)."""
+"""Focal, dice, BCE and CE against values computed by hand from the reference formulas (the official ``loss.py``)."""
 
 from __future__ import annotations
 

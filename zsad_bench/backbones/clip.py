@@ -5,7 +5,7 @@ Registered: ``clip_vit_l14_336`` (run at 518 with the positional embedding resiz
 config) and ``tiny_clip`` (a 4-block, width-64 configuration of the same architecture,
 for tests and the CPU demo). The blocks are run here one by one, so the layouts, the
 prompt hooks, the V-V path and the windowed encoding do not depend on open_clip's
-``forward`` (see ``../shared/specs/reference-methods.md`` §1.1–§1.2).
+``forward`` (see open_clip ``transformer.py`` and ``docs/backbones.md``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def ensure_open_clip_configs() -> None:
 
 @dataclass
 class VVTokens:
-    """Outputs of the V-V dual path (spec §1.2).
+    """Outputs of the V-V dual path (AnomalyCLIP's ``AnomalyCLIP.py``; ``docs/backbones.md``).
 
     Attributes:
         vv: requested layer → (B, 1+N, D or E) V-V stream tokens (a new tensor per layer).
@@ -216,7 +216,7 @@ class CLIPBackbone(CLIPTextMixin, Backbone):
         norm: bool = False,
         proj: bool = False,
     ) -> VVTokens:
-        """The V-V dual path from ``first_block`` on (spec §1.2).
+        """The V-V dual path from ``first_block`` on (``docs/backbones.md``).
 
         Blocks before ``first_block`` run unchanged. From ``first_block`` on each block computes
         q, k, v once from ``ln_1`` of the original stream; the original stream gets the usual
@@ -275,8 +275,8 @@ class CLIPBackbone(CLIPTextMixin, Backbone):
 
         For each window the CLS token and the window's patch tokens are gathered from
         :meth:`embed_patches` (positional embeddings included), and this short sequence runs
-        through ``ln_pre``, all blocks, ``ln_post`` and ``proj`` (spec §2.3). Sequences of all
-        images and windows are batched together, ``chunk_size`` at a time.
+        through ``ln_pre``, all blocks, ``ln_post`` and ``proj`` (anomalib's WinCLIP ``torch_model.py``).
+        Sequences of all images and windows are batched together, ``chunk_size`` at a time.
 
         Args:
             images: (B, 3, S, S).

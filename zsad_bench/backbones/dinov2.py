@@ -1,4 +1,4 @@
-"""DINOv2 image encoders through timm (spec §1.6).
+"""DINOv2 image encoders through timm (timm ``vision_transformer.py``).
 
 Registered: ``dinov2_vits14`` (``vit_small_patch14_dinov2``, LVD-142M weights, trained at
 518, multi-layer patch tokens at 3/6/9/12) and ``tiny_dinov2`` (the same architecture at

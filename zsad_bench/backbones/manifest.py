@@ -2,7 +2,7 @@
 
 Facts come from open_clip 3.3.0 ``pretrained.py`` (hub repositories, URLs; OpenAI URLs
 carry the file's full sha256, mlfoundations URLs its first 8 hex digits), the timm
-model cards and the segment-anything README (see ``../shared/specs/reference-methods.md``).
+model cards and the segment-anything README (see ``docs/backbones.md``).
 """
 
 from __future__ import annotations

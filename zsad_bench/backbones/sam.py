@@ -1,4 +1,4 @@
-"""The SAM image encoder (segment-anything ``ImageEncoderViT``, spec §1.5).
+"""The SAM image encoder (segment-anything ``ImageEncoderViT``, ``modeling/image_encoder.py``).
 
 Registered: ``sam_vit_l`` (ViT-L, 24 blocks, global attention at blocks 6/12/18/24,
 window 14, trained at 1024) and ``tiny_sam`` (the same architecture at width 64, depth 4,

@@ -150,7 +150,7 @@ def materialise(source: Path, root: Path) -> None:
     if hashlib.sha256(vocab.read_bytes()).hexdigest() != VOCAB_SHA256:
         raise SystemExit(f"{vocab} is not the BPE vocabulary of the reference (sha256 differs)")
     (pkg / "method" / "bpe_simple_vocab_16e6.txt.gz").write_bytes(vocab.read_bytes())
-    stub = types.ModuleType("pkg_resources")  # spec §11: imported, unused numerically
+    stub = types.ModuleType("pkg_resources")  # imported, unused numerically
     import packaging.version
 
     stub.packaging = types.SimpleNamespace(version=packaging.version)

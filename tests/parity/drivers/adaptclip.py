@@ -15,7 +15,7 @@ The architecture (:data:`CONFIG`) is a 24-block CLIP ViT (``test.py`` hard-codes
 768-d adapters, so the joint embedding is 768) with widths 64 (1 head), patch 14, trained size 56 run
 at 70 px (5×5 patches; the positional embedding is resized 4×4 → 5×5 bilinearly at the first forward),
 weights of the WinCLIP driver's :func:`random_state_dict`. Patched only for a CPU with today's
-packages (spec §11): ``pkg_resources``, ``tabulate``, ``cv2``, ``skimage``, ``numba`` and its
+packages: ``pkg_resources``, ``tabulate``, ``cv2``, ``skimage``, ``numba`` and its
 ``metrics`` package (torchmetrics) are stand-ins (unused numerically); ``adaptcliplib.load`` gets the
 weights in place of its download and ``torch.jit.load``; ``Tensor.cuda`` returns the tensor
 (``prepare_static_text_feature``); float64 masks of good images are cast to uint8 for Pillow >= 11;

@@ -6,7 +6,7 @@ still enable TTA, the flag is ``type=bool``) and AnoCLIP+ (``--adapter True --ep
 architecture is a 12-block CLIP ViT at 64 px (:data:`CONFIG`; the reference hard-codes its V-V
 surgery on the last 12 blocks and reads layer 12), with the seeded weights of the WinCLIP
 driver's :func:`random_state_dict`. Only what the reference cannot do on a CPU with today's
-packages is patched (spec §11): an empty ``pkg_resources`` module, float64 masks cast to uint8
+packages is patched: an empty ``pkg_resources`` module, float64 masks cast to uint8
 for Pillow ≥ 11. Observed, never changed: the preprocessed inputs (``MVTecDataset.__getitem__``),
 the maps and image scores (the arguments of ``roc_auc_score``), and, for TTA, the global RNG state
 right before each image's adapter reset and before its first noise draw (see :func:`replay_draws`),

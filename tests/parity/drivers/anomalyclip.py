@@ -13,7 +13,7 @@ and ``--features_list 24``) with a 12-block text tower (deep prompts to block 9)
 (the code derives 1 head from width // 64), patch 14, trained size 56 run at 70 px (its positional
 embedding is resized 4×4 → 5×5 bilinearly, in place, at the first forward), with the seeded weights
 of the WinCLIP driver's :func:`random_state_dict`. Only what the reference cannot do on a CPU with
-today's packages is patched (spec §11): ``pkg_resources``, ``thop``, ``cv2``, ``tabulate`` and
+today's packages is patched: ``pkg_resources``, ``thop``, ``cv2``, ``tabulate`` and
 ``skimage`` are imported but unused numerically (empty stand-ins); the weights are handed to
 ``model_load.load`` in place of its download and ``torch.jit.load`` (a plain state-dict file makes
 it fail with EOFError); ``Tensor.cuda`` returns the tensor (``train.py`` moves labels with

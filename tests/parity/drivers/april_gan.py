@@ -16,7 +16,7 @@ trained at 56 and run at 84 (4→6 resize), for an always-on test. Weights: :fun
 :func:`linear_checkpoint`, saved in the code's format (``{"trainable_linearlayer": LinearLayer
 state}``) and loaded through its ``--checkpoint_path``.
 
-Patches, none of which can change a number (spec §11):
+Patches, none of which can change a number (only to run it with today's packages):
 
 - ``open_clip.openai.get_pretrained_url`` / ``download_pretrained_from_url``: return our weights file
   instead of downloading; the code's ``load_openai_model`` then loads it as a state dict (its own
