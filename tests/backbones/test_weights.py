@@ -103,6 +103,7 @@ def test_blocked_network_fails_within_a_second(mode, tmp_path, monkeypatch):
 
 
 def test_offline_reason_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # nox and CI set it
     monkeypatch.setenv("ZSAD_OFFLINE", "1")
     assert offline_reason() == "ZSAD_OFFLINE=1"
 
