@@ -9,9 +9,7 @@ training loss of one image must agree. Runs a ViT-B/16 on CPU: opt in with ``-m 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +21,8 @@ FIXTURE = HERE / "fixtures" / "adaclip.npz"
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 
-def load_driver():
-    spec = importlib.util.spec_from_file_location("adaclip_parity_driver", HERE / "drivers" / "adaclip.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def recorded():
-    if not FIXTURE.is_file():
-        pytest.skip(f"{FIXTURE} missing: record it with tests/parity/drivers/adaclip.py")
-    return dict(np.load(FIXTURE))
-
-
-@pytest.fixture(scope="module")
-def setup(recorded, tmp_path_factory):
+def setup(recorded, drv, tmp_path_factory):
     """Our AdaCLIP on the recorded weights, parameters and k-means labels; the batch of recorded images."""
     from safetensors.torch import save_file
 
@@ -47,7 +30,6 @@ def setup(recorded, tmp_path_factory):
     from zsad_bench.methods.adaclip import KMEANS_HOOK, AdaCLIP, AdaCLIPConfig, from_official_state_dict
     from zsad_bench.types import Batch, SampleRecord
 
-    drv = load_driver()
     base = {"name": "clip_vit_b16", "input_size": drv.SIZE, "activation": "gelu", "pos_antialias": False}
     probe = Context(device="cpu", seed=0, backbone_cfg={**base, "weights": "random"})
     shapes = {k: tuple(v.shape) for k, v in probe.backbone.model.state_dict().items()}

@@ -10,9 +10,7 @@ must match what the reference computed (measured values in ``docs/fidelity.md``)
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,48 +23,14 @@ ATOL = 1e-5  # probabilities, maps, scores; logits: times max(1, their largest m
 pytestmark = pytest.mark.parity
 
 
-def load_driver():
-    spec = importlib.util.spec_from_file_location("adaptclip_parity_driver", HERE / "drivers" / "adaptclip.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def recorded():
-    if not FIXTURE.is_file():
-        pytest.skip(f"{FIXTURE} missing: record it with tests/parity/drivers/adaptclip.py")
-    return dict(np.load(FIXTURE))
-
-
-@pytest.fixture(scope="module")
-def drv():
-    return load_driver()
-
-
-@pytest.fixture(scope="module")
-def method(recorded, drv, tmp_path_factory):
+def method(recorded, drv, seeded_tiny_clip):
     """Our adaptclip on the recorded CLIP weights and the converted official adapters."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    from zsad_bench.backbones import build_backbone
     from zsad_bench.context import Context
     from zsad_bench.methods.adaptclip import AdaptCLIP, AdaptCLIPConfig, convert_official_checkpoint
 
-    folder = tmp_path_factory.mktemp("adaptclip_parity")
-    if drv.MODEL not in open_clip.list_models():
-        (folder / f"{drv.MODEL}.json").write_text(json.dumps(drv.CONFIG))
-        open_clip.add_model_config(folder / f"{drv.MODEL}.json")
-    cfg = {"name": "clip", "arch": drv.MODEL, "input_size": drv.SIZE, "pretrained": ""}
-    cfg.update(activation="quick_gelu", pos_interp="bilinear", pos_antialias=False)
-    native = {**cfg, "weights": "random", "input_size": drv.CONFIG["vision_cfg"]["image_size"]}
-    shapes = {k: tuple(v.shape) for k, v in build_backbone(native).model.state_dict().items()}
-    wd = drv.winclip_driver()
-    assert wd.keys_digest(shapes) == str(recorded["keys_digest"]), "open_clip state-dict layouts differ"
-    path = folder / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in wd.random_state_dict(shapes, drv.SEED).items()}, str(path))
+    native = drv.CONFIG["vision_cfg"]["image_size"]
+    cfg, path = seeded_tiny_clip(native, activation="quick_gelu", pos_interp="bilinear", pos_antialias=False)
     ctx = Context(device="cpu", seed=0, backbone_cfg={**cfg, "weights": str(path)})
     m = AdaptCLIP(AdaptCLIPConfig(feature_dtype="fp32"))
     m.setup(ctx)

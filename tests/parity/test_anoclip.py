@@ -8,9 +8,6 @@ are replayed from the reference's recorded RNG states through the ``anoclip_tta.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,46 +20,13 @@ ATOL = 1e-5  # measured: 1.2e-7 (AnoCLIP), 4.8e-7 (AnoCLIP+) on CPU, fp32
 pytestmark = pytest.mark.parity
 
 
-def load_driver():
-    spec = importlib.util.spec_from_file_location("anoclip_parity_driver", HERE / "drivers" / "anoclip.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def recorded():
-    if not FIXTURE.is_file():
-        pytest.skip(f"{FIXTURE} missing: record it with tests/parity/drivers/anoclip.py")
-    return dict(np.load(FIXTURE))
-
-
-@pytest.fixture(scope="module")
-def drv():
-    return load_driver()
-
-
-@pytest.fixture(scope="module")
-def setup(recorded, drv, tmp_path_factory):
+def setup(recorded, drv, seeded_tiny_clip):
     """A context on the recorded weights and the batches (one per class, in the reference's order)."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    from zsad_bench.backbones import build_backbone
     from zsad_bench.context import Context
     from zsad_bench.types import Batch, SampleRecord
 
-    folder = tmp_path_factory.mktemp("anoclip_parity")
-    if drv.MODEL not in open_clip.list_models():
-        (folder / f"{drv.MODEL}.json").write_text(json.dumps(drv.CONFIG))
-        open_clip.add_model_config(folder / f"{drv.MODEL}.json")
-    cfg = {"name": "clip", "arch": drv.MODEL, "input_size": drv.SIZE, "activation": "gelu", "pretrained": ""}
-    shapes = {k: tuple(v.shape) for k, v in build_backbone({**cfg, "weights": "random"}).model.state_dict().items()}
-    wd = drv.winclip_driver()
-    assert wd.keys_digest(shapes) == str(recorded["keys_digest"]), "open_clip state-dict layouts differ"
-    path = folder / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in wd.random_state_dict(shapes, drv.SEED).items()}, str(path))
+    cfg, path = seeded_tiny_clip(activation="gelu")
     inputs = drv.make_inputs()
     np.testing.assert_array_equal(np.stack([x[2] for x in inputs]), recorded["images"])
     images = torch.from_numpy(drv._normalised([x[2] for x in inputs]))

@@ -11,9 +11,6 @@ measured values in ``docs/fidelity.md``).
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,47 +31,13 @@ PROMPT_ATOL, DEEP_FRACTION, LR = 1e-5, 0.01, 1e-3
 pytestmark = pytest.mark.parity
 
 
-def load_driver():
-    spec = importlib.util.spec_from_file_location("anomalyclip_parity_driver", HERE / "drivers" / "anomalyclip.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def recorded():
-    if not FIXTURE.is_file():
-        pytest.skip(f"{FIXTURE} missing: record it with tests/parity/drivers/anomalyclip.py")
-    return dict(np.load(FIXTURE))
-
-
-@pytest.fixture(scope="module")
-def drv():
-    return load_driver()
-
-
-@pytest.fixture(scope="module")
-def ctx(recorded, drv, tmp_path_factory):
+def ctx(drv, seeded_tiny_clip):
     """A context on the recorded weights (QuickGELU, bilinear positional-embedding resize, as the yaml sets)."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    from zsad_bench.backbones import build_backbone
     from zsad_bench.context import Context
 
-    folder = tmp_path_factory.mktemp("anomalyclip_parity")
-    if drv.MODEL not in open_clip.list_models():
-        (folder / f"{drv.MODEL}.json").write_text(json.dumps(drv.CONFIG))
-        open_clip.add_model_config(folder / f"{drv.MODEL}.json")
-    cfg = {"name": "clip", "arch": drv.MODEL, "input_size": drv.SIZE, "pretrained": ""}
-    cfg.update(activation="quick_gelu", pos_interp="bilinear", pos_antialias=False)
-    native = {**cfg, "weights": "random", "input_size": drv.CONFIG["vision_cfg"]["image_size"]}  # checkpoint shapes
-    shapes = {k: tuple(v.shape) for k, v in build_backbone(native).model.state_dict().items()}
-    wd = drv.winclip_driver()
-    assert wd.keys_digest(shapes) == str(recorded["keys_digest"]), "open_clip state-dict layouts differ"
-    path = folder / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in wd.random_state_dict(shapes, drv.SEED).items()}, str(path))
+    native = drv.CONFIG["vision_cfg"]["image_size"]
+    cfg, path = seeded_tiny_clip(native, activation="quick_gelu", pos_interp="bilinear", pos_antialias=False)
     return Context(device="cpu", seed=0, backbone_cfg={**cfg, "weights": str(path)})
 
 

@@ -10,8 +10,6 @@ ViT-L structure at 84 px) always runs; ``full`` (ViT-L-14-336 at 518) is ``slow`
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,26 +22,6 @@ DRIVER = HERE / "drivers" / "april_gan.py"
 ATOL = 1e-4  # maps (range [0, 4], 1-shot [0, 12]) and scores
 REGENERATE = "regenerate with: python tests/parity/drivers/april_gan.py --april-gan <VAND-APRIL-GAN checkout>"
 pytestmark = pytest.mark.parity
-
-
-def load_driver():
-    spec = importlib.util.spec_from_file_location("april_gan_parity_driver", DRIVER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def drv():
-    return load_driver()
-
-
-@pytest.fixture(scope="module")
-def recorded():
-    if not FIXTURE.is_file():
-        pytest.skip(f"{FIXTURE} missing: {REGENERATE}")
-    return dict(np.load(FIXTURE))
 
 
 class Setup:

@@ -8,9 +8,7 @@ Runs the real architecture on CPU (tens of seconds): opt in with ``-m parity`` o
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +20,8 @@ FIXTURE = HERE / "fixtures" / "winclip.npz"
 pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 
-def load_driver():
-    spec = importlib.util.spec_from_file_location("winclip_parity_driver", HERE / "drivers" / "winclip.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def recorded():
-    if not FIXTURE.is_file():
-        pytest.skip(f"{FIXTURE} missing: record it with tests/parity/drivers/winclip.py")
-    return dict(np.load(FIXTURE))
-
-
-@pytest.fixture(scope="module")
-def ours(recorded, tmp_path_factory):
+def ours(recorded, drv, tmp_path_factory):
     """Our WinCLIP on the same weights and pixels: intermediates and predictions."""
     from safetensors.torch import save_file
 
@@ -46,7 +29,6 @@ def ours(recorded, tmp_path_factory):
     from zsad_bench.methods.winclip import WinCLIP, WinCLIPConfig
     from zsad_bench.types import Batch, SampleRecord
 
-    drv = load_driver()
     ctx = Context(device="cpu", seed=0, backbone_cfg={"name": "clip_vit_b16_plus_240", "weights": "random"})
     shapes = drv.shapes_of(ctx.backbone.model.state_dict())
     assert drv.keys_digest(shapes) == str(recorded["keys_digest"]), "open_clip state-dict layouts differ"

@@ -1,0 +1,77 @@
+"""Fixtures shared by the parity tests.
+
+Each test module names its recording ``FIXTURE`` (``fixtures/<method>.npz``); its driver is
+``drivers/<method>.py`` unless the module sets ``DRIVER``, and ``REGENERATE`` may say how to
+record a missing fixture.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def _driver_path(module: Any) -> Path:
+    return getattr(module, "DRIVER", HERE / "drivers" / f"{Path(module.FIXTURE).stem}.py")
+
+
+@pytest.fixture(scope="module")
+def drv(request):
+    """The test module's reference driver, imported from its file (drivers are not collected)."""
+    path = _driver_path(request.module)
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_parity_driver", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def recorded(request):
+    """The arrays recorded from the official code; skipped with the recording command when missing."""
+    fixture = Path(request.module.FIXTURE)
+    if not fixture.is_file():
+        how = getattr(
+            request.module, "REGENERATE", f"record it with {_driver_path(request.module).relative_to(HERE.parents[1])}"
+        )
+        pytest.skip(f"{fixture} missing: {how}")
+    return dict(np.load(fixture))
+
+
+@pytest.fixture(scope="module")
+def seeded_tiny_clip(drv, recorded, tmp_path_factory) -> Callable[..., tuple[dict, Path]]:
+    """Write the driver's seeded weights of its small CLIP (``drv.MODEL``) to a safetensors file.
+
+    Returns a function of backbone-config overrides giving ``(backbone_cfg, weights_path)``; the
+    state-dict layout is checked against the one the fixture was recorded with.
+    """
+    import open_clip
+    from safetensors.torch import save_file
+
+    from zsad_bench.backbones import build_backbone
+
+    folder = tmp_path_factory.mktemp(f"{drv.__name__}_weights")
+    if drv.MODEL not in open_clip.list_models():
+        (folder / f"{drv.MODEL}.json").write_text(json.dumps(drv.CONFIG))
+        open_clip.add_model_config(folder / f"{drv.MODEL}.json")
+
+    def make(native_size: int | None = None, **overrides: Any) -> tuple[dict, Path]:
+        cfg = {"name": "clip", "arch": drv.MODEL, "input_size": drv.SIZE, "pretrained": "", **overrides}
+        native = {**cfg, "weights": "random", "input_size": native_size or cfg["input_size"]}  # checkpoint shapes
+        shapes = {k: tuple(v.shape) for k, v in build_backbone(native).model.state_dict().items()}
+        wd = drv.winclip_driver()
+        assert wd.keys_digest(shapes) == str(recorded["keys_digest"]), "open_clip state-dict layouts differ"
+        path = folder / "weights.safetensors"
+        save_file({k: v.contiguous() for k, v in wd.random_state_dict(shapes, drv.SEED).items()}, str(path))
+        return cfg, path
+
+    return make
