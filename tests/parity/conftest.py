@@ -2,7 +2,8 @@
 
 Each test module names its recording ``FIXTURE`` (``fixtures/<method>.npz``); its driver is
 ``drivers/<method>.py`` unless the module sets ``DRIVER``, and ``REGENERATE`` may say how to
-record a missing fixture.
+record a missing fixture. Full-size seeded CLIP weights are written once per session
+(:func:`seeded_clip_file`): ViT-L-14-336 serves four methods.
 """
 
 from __future__ import annotations
@@ -24,15 +25,50 @@ def _driver_path(module: Any) -> Path:
     return getattr(module, "DRIVER", HERE / "drivers" / f"{Path(module.FIXTURE).stem}.py")
 
 
-@pytest.fixture(scope="module")
-def drv(request):
-    """The test module's reference driver, imported from its file (drivers are not collected)."""
-    path = _driver_path(request.module)
+def load_driver(path: Path) -> Any:
+    """A driver module imported from its file (drivers are not collected)."""
     spec = importlib.util.spec_from_file_location(f"{path.stem}_parity_driver", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def drv(request):
+    """The test module's reference driver."""
+    return load_driver(_driver_path(request.module))
+
+
+@pytest.fixture(scope="session")
+def seeded_clip_file(tmp_path_factory) -> Callable[[str, int], tuple[Path, str]]:
+    """Seeded weights of a full-size open_clip CLIP, written once per session to a safetensors file.
+
+    Returns a function of ``(model, seed)`` giving ``(path, digest)``: the weights are the APRIL-GAN
+    driver's :func:`random_state_dict` (fp16-representable) for open_clip's state-dict names and
+    shapes of ``model``, and ``digest`` their :func:`tensor_digest`, to be compared with the one the
+    fixture was recorded with.
+    """
+    from safetensors.torch import save_file
+
+    gen = load_driver(HERE / "drivers" / "april_gan.py")
+    folder = tmp_path_factory.mktemp("seeded_clip")
+    made: dict[tuple[str, int], tuple[Path, str]] = {}
+
+    def make(model: str, seed: int) -> tuple[Path, str]:
+        if (model, seed) not in made:
+            import open_clip
+            import torch
+
+            with torch.device("meta"):
+                meta = open_clip.model.CLIP(**open_clip.get_model_config(model)).state_dict()
+            weights = gen.random_state_dict({k: tuple(v.shape) for k, v in meta.items()}, seed)
+            path = folder / f"{model}-{seed}.safetensors"
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(path))
+            made[model, seed] = (path, gen.tensor_digest(weights))
+        return made[model, seed]
+
+    return make
 
 
 @pytest.fixture(scope="module")
