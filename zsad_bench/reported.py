@@ -3,7 +3,8 @@
 The file has one row per published number: ``source,table,page,method,dataset,category,domain,
 shots,metric,value,note``, values in percent as printed, ``category`` empty for a dataset
 mean. A reported number matches our row when method, shots, dataset, category and metric
-agree (any backbone). Rows from random weights are left out of the comparison unless
+agree (any backbone); a reported method named in :data:`FEW_SHOT_ALIASES` is our registry
+method with ``shots`` > 0. Rows from random weights are left out of the comparison unless
 ``compare_random`` is set: their numbers say nothing about a reproduction.
 """
 
@@ -17,7 +18,7 @@ import pandas as pd
 from zsad_bench.leaderboard import Results, usable_cells, wide_frames
 from zsad_bench.tables import Row, Table
 
-__all__ = ["REPORTED_COLUMNS", "add_reported", "load_reported", "reported_comparison"]
+__all__ = ["FEW_SHOT_ALIASES", "REPORTED_COLUMNS", "add_reported", "load_reported", "reported_comparison"]
 
 REPORTED_COLUMNS = (
     "source",
@@ -32,6 +33,7 @@ REPORTED_COLUMNS = (
     "value",
     "note",
 )
+FEW_SHOT_ALIASES = {"anomalyclip_plus": "anomalyclip"}  # the AdaptCLIP paper's AnomalyCLIP+ = ours, shots > 0
 REPORTED_NOTE = "† reported in the cited paper (source, table, page); Δ = ours − reported."
 
 
@@ -105,6 +107,8 @@ def reported_comparison(
     rep = reported.rename(columns={"value": "reported"})[
         ["method", "shots", "dataset", "category", "metric", "reported", "source", "table", "page"]
     ]
+    few_shot_alias = rep["method"].isin(list(FEW_SHOT_ALIASES)) & (rep["shots"] > 0)
+    rep = rep.assign(method=rep["method"].where(~few_shot_alias, rep["method"].map(FEW_SHOT_ALIASES)))
     merged = ours.merge(rep, on=["method", "shots", "dataset", "category", "metric"], how="inner")
     merged["reported"] = merged["reported"] * scale / 100.0
     merged["delta"] = merged["ours"] - merged["reported"]

@@ -248,6 +248,20 @@ def test_reported_comparison_and_delta(with_random):
     assert set(reported_comparison(res, rep, compare_random=True)["method"]) == {"A", "R"}
 
 
+def test_anomalyclip_plus_is_compared_with_few_shot_anomalyclip(tmp_path, job_writer):
+    job_writer(tmp_path / "res", "anomalyclip", "d_1", 0, {"cat": 0.80})
+    job_writer(tmp_path / "res", "anomalyclip", "d_1", 0, {"cat": 0.90}, shots=1)
+    (tmp_path / "rep.csv").write_text(
+        "source,table,page,method,dataset,category,domain,shots,metric,value,note\n"
+        "P,1,,anomalyclip_plus,d_1,,industrial,1,image_auroc,92.0,\n"
+        "P,1,,anomalyclip_plus,d_1,,industrial,0,image_auroc,99.0,a zero-shot row under the alias\n"
+        "P,1,,anomalyclip,d_1,,industrial,0,image_auroc,81.0,\n"
+    )
+    comp = reported_comparison(load_results(tmp_path / "res"), load_reported(tmp_path / "rep.csv"))
+    got = {(r.method, r.shots): round(r.delta, 6) for r in comp.itertuples()}
+    assert got == {("anomalyclip", 0): -1.0, ("anomalyclip", 1): -2.0}
+
+
 def test_reported_rows_in_the_table_are_not_ranked(with_random):
     res, rep = with_random
     t = add_reported(leaderboard_table(res, ["image_auroc"]), reported_comparison(res, rep))
