@@ -218,6 +218,18 @@ class KAnoCLIP(Method):
             vqa = VQACache(Path(c.vqa_cache), c.vqa_model)
         return kb, vqa
 
+    def training_identity(self) -> dict[str, str]:
+        """Digests of the training inputs the config only names: knowledge texts and VQA cache files."""
+        from zsad_bench.checkpoints import config_hash
+
+        out = {}
+        if self.knowledge is not None:
+            out["knowledge"] = config_hash([(f.source, f.descriptions) for f in self.knowledge.files])
+        if self.vqa is not None:
+            files = sorted(p for p in Path(self.cfg.vqa_cache).rglob("*") if p.is_file())
+            out["vqa_cache"] = config_hash([(p.name, p.read_text(errors="replace")) for p in files])
+        return out
+
     def parameter_counts(self) -> dict[str, int]:
         """Learnable parameters per module (``knpl``, ``bicmci`` or its linear stand-in, ``conv_adapter``)."""
         net = self._ready().net

@@ -270,7 +270,7 @@ def _identity_of(method: Method, cfg: Any, recipe: TrainRecipe, aux: AuxData, se
     for key in getattr(method, "inference_keys", ()):
         method_cfg.pop(key, None)
     backbone = {k: v for k, v in section(cfg, "backbone").items() if k != "weights_root"}
-    return {
+    identity = {
         "trainer": TRAINER_VERSION,
         "method": method_cfg,
         "backbone": backbone,
@@ -278,6 +278,10 @@ def _identity_of(method: Method, cfg: Any, recipe: TrainRecipe, aux: AuxData, se
         "seed": seed,
         "aux": [asdict(s) for s in aux.selections],
     }
+    inputs = getattr(method, "training_identity", None)
+    if callable(inputs):  # inputs read from files the config only names (e.g. KAnoCLIP's knowledge texts)
+        identity["inputs"] = inputs()
+    return identity
 
 
 def _store(cfg: Any, train_cfg: Mapping[str, Any], tag: str, digest: str) -> CheckpointStore:

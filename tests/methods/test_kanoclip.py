@@ -241,6 +241,22 @@ def test_vqa_descriptions_join_the_knowledge_mean(ctx, tmp_path):
     assert "vqa" in report["sources"]
 
 
+def test_training_identity_follows_the_knowledge_contents_not_the_file_names(ctx, tmp_path):
+    from zsad_bench.knowledge import VQA_QUESTION, KnowledgeFile, VQACache
+
+    path = KnowledgeFile({"bottle": ["A bottle with a crack."]}).save(tmp_path / "k.yaml")
+    first = method(ctx, knowledge_files=[str(path)]).training_identity()
+    assert method(ctx, knowledge_files=[str(path)]).training_identity() == first
+    KnowledgeFile({"bottle": ["A bottle with a dent."]}).save(path)  # edited in place, same name
+    assert method(ctx, knowledge_files=[str(path)]).training_identity()["knowledge"] != first["knowledge"]
+    cache = VQACache(tmp_path / "vqa", "tiny-vqa")
+    cache.put(Path("a.png"), VQA_QUESTION.format(cls="bottle"), "A chipped rim.")
+    with_vqa = method(ctx, vqa_cache=str(tmp_path / "vqa"), vqa_model="tiny-vqa").training_identity()
+    cache.put(Path("a.png"), VQA_QUESTION.format(cls="bottle"), "A scratched label.")
+    assert method(ctx, vqa_cache=str(tmp_path / "vqa"), vqa_model="tiny-vqa").training_identity() != with_vqa
+    assert method(ctx, knpl=False).training_identity() == {}
+
+
 # ----------------------------------------------------------------------------- training and checkpoints
 @pytest.fixture(scope="module")
 def aux_batches(tmp_path_factory):
