@@ -23,7 +23,7 @@ What it does (the official code, our defaults):
 - training: per layer focal(softmax map) + dice(anomalous channel), summed over layers; Adam
   lr 1e-3, betas (0.5, 0.999), batch 8, 3 epochs on MVTec AD / 15 on VisA, seed 111, on the
   auxiliary dataset's test split, MVTec AD items replaced by 2×2 mosaics of their category with
-  probability 0.2 (``dataset.py::combine_img``, :mod:`zsad_bench.mosaic`; ``mosaic={}`` turns it
+  probability 0.2 (``dataset.py::combine_img``, :mod:`zsad_bench.mosaic`; ``method.mosaic.mvtec_ad=0`` turns it
   off); CLIP frozen (its features come from the feature cache, mosaics' are computed);
 - few-shot: memory = raw tokens of the four layers of the k references; per layer
   min over memory of (1 − cos) per query patch, upsampled (``align_corners=True``), summed over

@@ -45,7 +45,10 @@ def method_config(method_cfg: Mapping[str, Any] | Any) -> tuple[str, Any]:
             raise ValueError(f"method {name!r} has no Config dataclass but conf/method/{name}.yaml sets {sorted(raw)}")
         return name, None
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        base = OmegaConf.structured(schema)
+        for key in _mapping_fields(schema) & {k for k, v in raw.items() if isinstance(v, Mapping)}:
+            base[key] = raw.pop(key)  # a mapping given replaces the default one (`{}` empties it)
+        merged = OmegaConf.merge(base, raw)
         return name, OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         fields = ", ".join(f.name for f in dataclasses.fields(schema))
@@ -53,6 +56,16 @@ def method_config(method_cfg: Mapping[str, Any] | Any) -> tuple[str, Any]:
             f"invalid config for method {name!r} (conf/method/{name}.yaml or a method.* override): "
             f"{str(exc).splitlines()[0]}. Known keys: {fields}"
         ) from exc
+
+
+def _mapping_fields(schema: type) -> set[str]:
+    """The names of a config dataclass's fields whose default is a ``dict``."""
+    out = set()
+    for f in dataclasses.fields(schema):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if isinstance(default, dict):
+            out.add(f.name)
+    return out
 
 
 def build_method(method_cfg: Mapping[str, Any] | Any) -> Method:

@@ -194,6 +194,15 @@ def test_build_method_validates_against_the_config_dataclass(knobbed):
         build_method({"name": "knobbed_tset"})
 
 
+def test_a_mapping_knob_given_replaces_its_default():
+    default = method_config({"name": "april_gan"})[1].mosaic
+    assert default == {"mvtec_ad": 0.2}
+    assert method_config({"name": "april_gan", "mosaic": {}})[1].mosaic == {}
+    assert method_config({"name": "april_gan", "mosaic": {"visa": 0.5}})[1].mosaic == {"visa": 0.5}
+    with pytest.raises(ValueError, match="april_gan"):
+        method_config({"name": "april_gan", "mosaic": {"visa": "often"}})
+
+
 def test_nan_is_never_written_as_zero(tmp_path):
     write_json_atomic(tmp_path / "m.json", {"summary": {"pixel_aupro": metric_entry(math.nan, "no masks")}})
     assert json.loads((tmp_path / "m.json").read_text())["summary"]["pixel_aupro"]["value"] is None
