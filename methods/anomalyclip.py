@@ -110,6 +110,7 @@ class AnomalyCLIPConfig:
     temperature: float = 0.07  # softmax(cos / temperature)
     global_ln_post: bool = False  # False: CLS @ proj without ln_post (the code, issue #14)
     sigma: float = 4.0  # Gaussian smoothing of the maps
+    dice: str = "code"  # code: per mask row for a one-image batch (train.py's gt.squeeze()) | image | row
     feature_dtype: str | None = None  # feature-cache storage dtype (None: the cache's); fp32 for parity
     # training recipe (train.sh / train.py); train.* overrides win
     epochs: int = 15
@@ -145,6 +146,8 @@ class AnomalyCLIP(Method):
         c = self.cfg
         if c.variant not in _VARIANTS:
             raise ValueError(f"anomalyclip: variant={c.variant!r} is not one of {sorted(_VARIANTS)}")
+        if c.dice not in ("code", "image", "row"):
+            raise ValueError(f"anomalyclip: dice={c.dice!r} is not one of code, image, row")
         self.layers: list[int] = list(c.layers if c.layers is not None else _VARIANTS[c.variant]["layers"])
         lam = c.local_loss_weight
         self.local_loss_weight = float(lam if lam is not None else _VARIANTS[c.variant]["local_loss_weight"])
@@ -211,7 +214,8 @@ class AnomalyCLIP(Method):
         terms: dict[str, torch.Tensor] = {}
         for tokens in patches.values():
             probs = probability_maps(state_probabilities(tokens, text, self.cfg.temperature), self.grid, size)
-            for key, value in segmentation_losses(probs, batch.masks.to(probs.device), dice_normal=True).items():
+            masks = batch.masks.to(probs.device)
+            for key, value in segmentation_losses(probs, masks, dice_normal=True, dice=self.cfg.dice).items():
                 terms[key] = terms[key] + value if key in terms else value
         terms = {k: self.local_loss_weight * v for k, v in terms.items()}
         logits = F.normalize(global_feat, dim=-1) @ text.T / self.cfg.temperature  # (B, 2)

@@ -93,6 +93,7 @@ class APRILGANConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])  # train.py: Adam betas
     train_seed: int | None = 111  # train.py seed; None: the run's seed
     mosaic: dict[str, float] = field(default_factory=lambda: {"mvtec_ad": 0.2})  # dataset.py: aug_rate on MVTec
+    dice: str = "code"  # code: per mask row for a one-image batch (train.py's gt.squeeze()) | image | row
 
 
 @register_method("april_gan", **_CARD)
@@ -111,6 +112,7 @@ class APRILGAN(Method):
         _check_choice("class_names", c.class_names, ("folder", "prompt"))
         _check_choice("layer_fusion", c.layer_fusion, ("sum", "mean"))
         _check_choice("fewshot_image", c.fewshot_image, ("max_scaled", "zero_shot"))
+        _check_choice("dice", c.dice, ("code", "image", "row"))
         self.proj: Any = None
         self._text: dict[str, torch.Tensor] = {}
         self._memory: dict[int, torch.Tensor] | None = None
@@ -171,7 +173,7 @@ class APRILGAN(Method):
         text = self._text_for(batch)
         total: dict[str, torch.Tensor] = {}
         for logits in self._layer_logits(tokens, text, batch.images.shape[-1]).values():
-            for key, value in segmentation_losses(logits.softmax(dim=1), batch.masks).items():
+            for key, value in segmentation_losses(logits.softmax(dim=1), batch.masks, dice=self.cfg.dice).items():
                 total[key] = total.get(key, 0) + value
         return total
 

@@ -88,23 +88,40 @@ def logit_maps(logits: torch.Tensor, grid: tuple[int, int], size: int, align_cor
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=align_corners)
 
 
-def segmentation_losses(probs: torch.Tensor, masks: torch.Tensor, dice_normal: bool = False) -> dict[str, torch.Tensor]:
+DICE_MODES = ("image", "row", "code")
+
+
+def segmentation_losses(
+    probs: torch.Tensor, masks: torch.Tensor, dice_normal: bool = False, dice: str = "image"
+) -> dict[str, torch.Tensor]:
     """Focal + dice of a two-class probability map against binary masks.
 
     Args:
         probs: (B, 2, S, S) softmax probabilities, channel 1 = anomalous.
         masks: (B, S, S) ground truth; values > 0.5 are anomalous (the references binarise so).
         dice_normal: also dice of channel 0 against ``1 - mask`` (AdaCLIP, AnomalyCLIP, AdaptCLIP).
+        dice: ``image`` (dice per image), ``row`` (per mask row) or ``code``: per row when the batch
+            holds one image, as the references' ``train.py`` does (``gt.squeeze()`` drops the batch
+            axis, so their ``BinaryDiceLoss`` takes the S rows for samples), else per image.
 
     Returns:
         ``{"focal", "dice"[, "dice_normal"]}`` scalars.
+
+    Raises:
+        ValueError: an unknown ``dice`` mode.
     """
     from zsad_bench.losses import binary_dice_loss, focal_loss
 
+    if dice not in DICE_MODES:
+        raise ValueError(f"dice={dice!r}: expected one of {DICE_MODES}")
     gt = (masks > 0.5).to(probs.dtype)  # (B, S, S)
-    out = {"focal": focal_loss(probs, gt), "dice": binary_dice_loss(probs[:, 1], gt)}
+    anomalous, normal, target = probs[:, 1], probs[:, 0], gt  # (B, S, S)
+    if dice == "row" or (dice == "code" and len(probs) == 1):
+        s = gt.shape[-1]
+        anomalous, normal, target = anomalous.reshape(-1, s), normal.reshape(-1, s), gt.reshape(-1, s)  # (B·S, S)
+    out = {"focal": focal_loss(probs, gt), "dice": binary_dice_loss(anomalous, target)}
     if dice_normal:
-        out["dice_normal"] = binary_dice_loss(probs[:, 0], 1.0 - gt)
+        out["dice_normal"] = binary_dice_loss(normal, 1.0 - target)
     return out
 
 

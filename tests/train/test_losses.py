@@ -93,3 +93,26 @@ def test_focal_equals_the_literal_clamped_one_hot_formula_for_three_classes():
     p_t = (one_hot * flat).sum(1) + S
     literal = (-((1 - p_t) ** 2) * p_t.log()).mean()
     assert float(focal_loss(probs, target)) == pytest.approx(float(literal), rel=1e-12)
+
+
+def test_segmentation_dice_modes_follow_the_references_squeeze():
+    from zsad_bench.heads import segmentation_losses
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(2, 2, 4, 4, generator=g)
+    probs = probs / probs.sum(dim=1, keepdim=True)  # (B, 2, S, S)
+    masks = torch.zeros(2, 4, 4)
+    masks[:, 1:3, 0:2] = 1.0
+
+    def rows(p, m):  # what BinaryDiceLoss computes on a squeezed (S, S) mask: the rows are the samples
+        return binary_dice_loss(p[:, 1].reshape(-1, 4), m.reshape(-1, 4))
+
+    one = segmentation_losses(probs[:1], masks[:1], dice="code")
+    assert float(one["dice"]) == pytest.approx(float(rows(probs[:1], masks[:1])))
+    assert float(one["dice"]) != pytest.approx(float(binary_dice_loss(probs[:1, 1], masks[:1])))
+    two = segmentation_losses(probs, masks, dice_normal=True, dice="code")
+    assert float(two["dice"]) == pytest.approx(float(binary_dice_loss(probs[:, 1], masks)))
+    assert float(two["dice_normal"]) == pytest.approx(float(binary_dice_loss(probs[:, 0], 1 - masks)))
+    assert float(segmentation_losses(probs, masks, dice="row")["dice"]) == pytest.approx(float(rows(probs, masks)))
+    with pytest.raises(ValueError, match="dice='pixel'"):
+        segmentation_losses(probs, masks, dice="pixel")
