@@ -210,6 +210,9 @@ ANOCLIP_CLASS_NAMES: Mapping[str, str] = {"macaroni1": "macaroni", "macaroni2": 
 CLIP_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 CLIP_NORMAL_STATES: tuple[str, ...] = ("normal {}",)
 CLIP_ANOMALOUS_STATES: tuple[str, ...] = ("anomalous {}",)
+# The AdaptCLIP paper's example static text, "a photo of a normal/damaged object" (with CLIP_TEMPLATES,
+# CLIP_NORMAL_STATES and the class word "object"); AnomalyCLIP's anomalous sentence uses the same state.
+DAMAGED_STATES: tuple[str, ...] = ("damaged {}",)
 
 PROMPT_LISTS: Mapping[str, tuple[str, ...]] = {
     "winclip_normal_states": WINCLIP_NORMAL_STATES,
@@ -226,6 +229,7 @@ PROMPT_LISTS: Mapping[str, tuple[str, ...]] = {
     "clip_templates": CLIP_TEMPLATES,
     "clip_normal_states": CLIP_NORMAL_STATES,
     "clip_anomalous_states": CLIP_ANOMALOUS_STATES,
+    "damaged_states": DAMAGED_STATES,
 }
 
 

@@ -119,3 +119,11 @@ def test_doctests():
     result = doctest.testmod(P)
     assert result.attempted >= 4
     assert result.failed == 0
+
+
+def test_the_adaptclip_papers_static_text_is_selectable():
+    sentences = [
+        P.compose(P.prompt_list("clip_templates"), P.prompt_list(states), "object")
+        for states in ("clip_normal_states", "damaged_states")
+    ]
+    assert sentences == [["a photo of a normal object."], ["a photo of a damaged object."]]
