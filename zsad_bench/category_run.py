@@ -7,8 +7,8 @@ Used by :mod:`zsad_bench.evaluate` (``job`` is its running-job object: ``cfg``, 
   retried image by image) and a non-finite score or map are recorded in ``skipped`` and left
   out; more than ``eval.max_skip_fraction`` of a category skipped fails the category.
 * The method sees ``Batch(images, records, class_names)`` only: no labels, no masks.
-* ``resolution: input`` feeds (B, S, S) maps and masks to the metrics engine; ``native``
-  resizes each map to its own mask.
+* ``resolution: input`` feeds (B, S, S) maps and masks to the metrics engine, an integer ``N``
+  (B, N, N) ones; ``native`` resizes each map to its own mask.
 """
 
 from __future__ import annotations
@@ -180,8 +180,8 @@ class CategoryRun:
         if masks is None:
             per_image = [maps[i] for i in range(len(positions))]
             evaluator.update(scores, labels, None, None)
-        elif self.job.spec.resolution == "input":
-            maps = resize_maps(maps, (self.job.spec.size, self.job.spec.size))  # (B', S, S)
+        elif (n := self.job.spec.eval_size) is not None:
+            maps = resize_maps(maps, (n, n))  # (B', N, N)
             per_image = list(maps)
             evaluator.update(scores, labels, maps, torch.stack(masks))
         else:  # native: each map to its own mask's size

@@ -3,13 +3,15 @@
 Images are squash-resized to a square ``S × S`` (no aspect-preserving crop, as the ZSAD
 repositories do), scaled to [0, 1] and normalised with the backbone's mean and std.
 
-Two evaluation resolutions (recorded in every result as ``evaluation.resolution``):
+Evaluation resolutions (recorded in every result as ``evaluation.resolution``):
 
 * ``input`` (default, the ZSAD repositories' protocol): the binary mask is resized to
   ``S × S`` bilinearly as an 8-bit 0/255 image and thresholded at 0.5 (value ≥ 128),
   and the anomaly map is used at ``S × S``.
 * ``native``: the mask keeps its own resolution and the anomaly map is resized to it
   bilinearly (the MVTec AD evaluation protocol).
+* a positive integer ``N``: masks as for ``input`` but to ``N × N``, maps resized bilinearly to
+  ``N × N`` (repositories that score at a fixed size, e.g. caoyunkang/WinClip at 400).
 
 Methods never see labels or masks at test time: the test :class:`~zsad_bench.types.Batch`
 has ``labels=None`` and ``masks=None``.
@@ -59,7 +61,7 @@ class PreprocessSpec:
         mean: per-channel mean subtracted after scaling to [0, 1].
         std: per-channel std.
         interpolation: image resampling filter ("bicubic", "bilinear", "nearest", "lanczos").
-        resolution: "input" or "native" (see the module docstring).
+        resolution: "input", "native" or a positive integer as a string (see the module docstring).
         mask_threshold: raw mask values above it are anomalous (the dataset's rule).
     """
 
@@ -75,12 +77,21 @@ class PreprocessSpec:
             raise ValueError(f"input size must be positive, got {self.size}; set backbone.input_size")
         if self.interpolation not in _INTERP:
             raise ValueError(f"interpolation {self.interpolation!r} is not one of {_INTERP}")
-        if self.resolution not in RESOLUTIONS:
-            raise ValueError(f"eval.resolution {self.resolution!r} is not one of {RESOLUTIONS}")
+        if self.resolution not in RESOLUTIONS and not (self.resolution.isdigit() and int(self.resolution) > 0):
+            raise ValueError(
+                f"eval.resolution {self.resolution!r} is not one of {RESOLUTIONS} or a positive integer (pixels)"
+            )
+
+    @property
+    def eval_size(self) -> int | None:
+        """The square side masks and maps are scored at (None: ``native``, each mask's own size)."""
+        if self.resolution == "native":
+            return None
+        return self.size if self.resolution == "input" else int(self.resolution)
 
     @classmethod
     def from_cfg(
-        cls, backbone: Mapping[str, Any], resolution: str = "input", mask_threshold: int = 0
+        cls, backbone: Mapping[str, Any], resolution: str | int = "input", mask_threshold: int = 0
     ) -> PreprocessSpec:
         """Build from the ``backbone`` config group (``input_size``, optional ``mean``/``std``/``interpolation``).
 
@@ -95,19 +106,21 @@ class PreprocessSpec:
             mean=tuple(float(v) for v in backbone.get("mean") or CLIP_MEAN),
             std=tuple(float(v) for v in backbone.get("std") or CLIP_STD),
             interpolation=str(backbone.get("interpolation") or "bicubic"),
-            resolution=resolution,
+            resolution=str(resolution),
             mask_threshold=int(mask_threshold),
         )
 
     def describe(self) -> dict[str, Any]:
         """The evaluation-resolution facts recorded in ``metrics.json``."""
-        native = self.resolution == "native"
+        n = self.eval_size
         return {
             "resolution": self.resolution,
             "input_size": self.size,
             "image_resize": f"squash to {self.size}x{self.size}, {self.interpolation}",
-            "mask_resampling": "none (native mask size)" if native else "bilinear on 0/255, then > 0.5",
-            "map_resampling": "bilinear to the mask size" if native else "none (input size)",
+            "mask_resampling": "none (native mask size)" if n is None else f"bilinear on 0/255 to {n}x{n}, then > 0.5",
+            "map_resampling": "bilinear to the mask size"
+            if n is None
+            else ("none (input size)" if n == self.size else f"bilinear to {n}x{n}"),
             "mean": list(self.mean),
             "std": list(self.std),
             "mask_threshold": self.mask_threshold,
@@ -191,8 +204,8 @@ class RecordDataset(torch.utils.data.Dataset):
             mask = load_mask(record.mask_path, self.spec.mask_threshold)
         else:  # normal images (and anomalous ones without a mask file) have an empty mask
             mask = np.zeros((image.height, image.width), bool)
-        if self.spec.resolution == "input":
-            mask = mask_to_input(mask, self.spec.size)
+        if self.spec.eval_size is not None:
+            mask = mask_to_input(mask, self.spec.eval_size)
         return {"image": preprocess_image(image, self.spec), "mask": torch.from_numpy(np.ascontiguousarray(mask))}
 
 

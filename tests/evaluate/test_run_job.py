@@ -113,6 +113,23 @@ def test_native_resolution_is_recorded_and_scores_maps_at_mask_size(test_methods
     assert data["categories"]["bottle_like"]["metrics"]["pixel_auroc"]["value"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_a_fixed_resolution_scores_maps_and_masks_at_that_size(test_methods, make_cfg, data_root):
+    brief = run_job(make_cfg("eval.resolution=40"))
+    data = read_result(Path(brief["dir"]) / "metrics.json")
+    assert data["evaluation"]["resolution"] == "40"
+    assert data["evaluation"]["map_resampling"] == "bilinear to 40x40"
+    _scores, _labels, maps, _ = _independent(data_root, "bottle_like")
+    down = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(40, 40), mode="bilinear")[:, 0]
+    base = data_root / "synth" / "bottle_like"
+    masks = []
+    for p in sorted((base / "test").glob("*/*.png")):
+        mpath = base / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
+        full = Image.open(mpath).convert("L") if mpath.is_file() else Image.new("L", (96, 96))
+        masks.append(np.asarray(full.resize((40, 40), Image.BILINEAR)) >= 128)
+    expected = roc_auc_score(np.stack(masks).ravel(), down.numpy().ravel())
+    assert data["categories"]["bottle_like"]["metrics"]["pixel_auroc"]["value"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_failed_image_is_recorded_and_skipped(test_methods, make_cfg):
     brief = run_job(make_cfg("method=flaky", "method.fail_defect=hole", "eval.max_skip_fraction=0.2"))
     data = read_result(Path(brief["dir"]) / "metrics.json")

@@ -135,6 +135,9 @@ def test_preprocess_spec_errors_name_the_key():
         PreprocessSpec.from_cfg({"name": "b"})
     with pytest.raises(ValueError, match=r"eval\.resolution"):
         PreprocessSpec(size=8, resolution="half")
+    with pytest.raises(ValueError, match="positive integer"):
+        PreprocessSpec(size=8, resolution="0")
+    assert [PreprocessSpec(size=8, resolution=r).eval_size for r in ("input", "native", "12")] == [8, None, 12]
 
 
 def test_resize_maps_to_native_size():
