@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,10 @@ def drv(request):
 
 
 @pytest.fixture(scope="session")
-def seeded_clip_file(tmp_path_factory) -> Callable[[str, int], tuple[Path, str]]:
+def seeded_clip_file(tmp_path_factory) -> Iterator[Callable[[str, int], tuple[Path, str]]]:
     """Seeded weights of a full-size open_clip CLIP, written once per session to a safetensors file.
 
-    Returns a function of ``(model, seed)`` giving ``(path, digest)``: the weights are the APRIL-GAN
+    Yields a function of ``(model, seed)`` giving ``(path, digest)``: the weights are the APRIL-GAN
     driver's :func:`random_state_dict` (fp16-representable) for open_clip's state-dict names and
     shapes of ``model``, and ``digest`` their :func:`tensor_digest`, to be compared with the one the
     fixture was recorded with.
@@ -68,7 +69,8 @@ def seeded_clip_file(tmp_path_factory) -> Callable[[str, int], tuple[Path, str]]
             made[model, seed] = (path, gen.tensor_digest(weights))
         return made[model, seed]
 
-    return make
+    yield make
+    shutil.rmtree(folder, ignore_errors=True)  # gigabytes: not kept among pytest's last three base folders
 
 
 @pytest.fixture(scope="module")
