@@ -37,7 +37,11 @@ Differences between the re-implementations, each a switch (``variant=caoyunkang`
 - ``few_shot``: anomalib (above) vs caoyunkang (window memories only, arithmetic mean over
   covering windows and scales, fused as 1/(1/zero-shot + 1/few-shot)).
 
-Not reproduced: caoyunkang's fp16 and its cv2 resize of maps to 400×400 before metrics.
+``late_gallery`` (false) reproduces a caoyunkang quirk: its 1-shot loop moves to a scale's reference
+gallery one window late, so the first window of every scale after the first is scored against the
+previous scale's gallery. Its zero-shot maps are halved (the 1-shot fusion applied to the textual map
+twice, 1/(1/t + 1/t)): a uniform factor no metric sees, not reproduced. Not reproduced either: its fp16,
+and its cv2 resize of maps to 400×400 before the metrics (``eval.resolution=400`` scores at that size).
 Patches that no window covers (a stride > 1) get 0, as anomalib's ``nan_to_num``.
 """
 
@@ -95,6 +99,7 @@ class WinCLIPConfig:
     aggregation: str | None = None  # anomalous_harmonic | normal_harmonic
     image_score: str | None = None  # global | max_map
     few_shot: str | None = None  # anomalib | caoyunkang
+    late_gallery: bool = False  # few_shot=caoyunkang: a scale's first window against the previous gallery (its quirk)
     scales: list[int] = field(default_factory=lambda: [2, 3])  # window sides in patches (anomalib scales=(2, 3))
     stride: int = 1  # window step in patches (anomalib make_masks stride 1)
     class_name: str | None = None  # prompt words for every category (None: the dataset's; anomalib's default "object")
@@ -276,7 +281,9 @@ class WinCLIP(Method):
         for rows in groups.values():
             idx = torch.tensor(rows, device=maps.device)
             part = {k: (v[idx] if k != "windows" else [w[idx] for w in v]) for k, v in feats.items()}
-            fs = few_shot_map(part, memories[rows[0]], self.covers, grid, self.settings.few_shot)  # (b, g, g)
+            fs = few_shot_map(
+                part, memories[rows[0]], self.covers, grid, self.settings.few_shot, self.cfg.late_gallery
+            )  # (b, g, g)
             if self.settings.few_shot == "anomalib":  # torch_model.py forward
                 maps[idx] = (maps[idx] + fs) / 2
                 image_scores[idx] = (image_scores[idx] + fs.flatten(1).amax(dim=1)) / 2
@@ -459,17 +466,23 @@ def few_shot_map(
     covers: list[torch.Tensor],
     grid: tuple[int, int],
     mode: str,
+    late_gallery: bool = False,
 ) -> torch.Tensor:
     """Few-shot maps (B, rows, cols) from the reference memories.
 
     anomalib: mean of {patch-level association, per-scale harmonic window maps};
-    caoyunkang: mean over scales of the arithmetic mean over covering windows.
+    caoyunkang: mean over scales of the arithmetic mean over covering windows; ``late_gallery``
+    scores the first window of each scale after the first against the previous scale's memory,
+    as caoyunkang's ``calculate_visual_anomaly_score`` does.
     """
     import torch
 
     per_scale = []
-    for w_emb, mem, cover in zip(feats["windows"], memory["windows"], covers, strict=True):
+    galleries = memory["windows"]
+    for k, (w_emb, mem, cover) in enumerate(zip(feats["windows"], galleries, covers, strict=True)):
         scores = visual_association(w_emb, mem.to(w_emb.device))  # (B, W)
+        if late_gallery and k > 0:
+            scores[:, 0] = visual_association(w_emb[:, :1], galleries[k - 1].to(w_emb.device))[:, 0]
         cover = cover.to(scores.device)
         agg = harmonic_over_windows if mode == "anomalib" else mean_over_windows
         per_scale.append(agg(scores, cover))
