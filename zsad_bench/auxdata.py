@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from zsad_bench.checkpoints import config_hash
 
@@ -92,7 +92,10 @@ def _dataset_yaml(name: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     path = resources.files("zsad_bench.conf") / "dataset" / f"{name}.yaml"
-    return dict(OmegaConf.to_container(OmegaConf.load(str(path)))) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    # to_container of a DictConfig is a dict; OmegaConf types it as any container (or str/None)
+    return dict(cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(str(path)))))
 
 
 def _resolve_entry(entry: Mapping[str, Any], paths: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,7 +104,8 @@ def _resolve_entry(entry: Mapping[str, Any], paths: Mapping[str, Any]) -> dict[s
 
     merged = {**_dataset_yaml(entry["name"]), **{k: v for k, v in entry.items() if v is not None}}
     resolved = OmegaConf.create({"paths": dict(paths), "dataset": merged})
-    return dict(OmegaConf.to_container(resolved, resolve=True)["dataset"])
+    container = cast(dict[str, Any], OmegaConf.to_container(resolved, resolve=True))  # a DictConfig → a dict
+    return dict(container["dataset"])
 
 
 def aux_entries(cfg: Any) -> list[dict[str, Any]]:

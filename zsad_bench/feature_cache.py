@@ -154,6 +154,7 @@ class FeatureCache:
     def put(self, spec: FeatureSpec, identity: str, feats: Features, input_hash: str = "") -> Features:
         """Store one image's features atomically; return them as stored (storage dtype → float32)."""
         spec = self.effective(spec)
+        assert spec.dtype is not None  # effective() fills it in
         stored = {k: v.detach().to("cpu", DTYPES[spec.dtype]).contiguous() for k, v in feats.items()}
         meta = {"format": FORMAT, "spec": spec.fingerprint, "identity": identity, "input": input_hash}
         data = _encode(stored, meta)
@@ -224,7 +225,7 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ size, info, maintenance
     def _entries(self) -> list[tuple[Path, int, float]]:
-        out = []
+        out: list[tuple[Path, int, float]] = []
         if not self.root.is_dir():
             return out
         for path in self.root.glob("*/*/*.safetensors"):

@@ -29,7 +29,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -44,6 +44,7 @@ from zsad_bench.feature_cache import (
 
 if TYPE_CHECKING:
     from zsad_bench.backbones.base import Backbone
+    from zsad_bench.backbones.clip import CLIPBackbone
     from zsad_bench.context import Context
     from zsad_bench.types import Batch
 
@@ -164,12 +165,17 @@ def _tokens(bb: Backbone, images: torch.Tensor, spec: FeatureSpec) -> Features:
     return feats
 
 
+def _clip(bb: Backbone) -> CLIPBackbone:
+    """``bb`` typed as the CLIP backbone whose encoders the vv/windows/embed variants call (no check)."""
+    return cast("CLIPBackbone", bb)
+
+
 @register_variant("vv")
 def _vv(bb: Backbone, images: torch.Tensor, spec: FeatureSpec) -> Features:
-    first = spec.option("first_block")
+    first, clip = spec.option("first_block"), _clip(bb)
     if first is None:
         raise ValueError("the 'vv' feature variant needs the option first_block")
-    out = bb.vv_tokens(images, spec.layers, first, norm=spec.option("norm", False), proj=spec.option("proj", False))
+    out = clip.vv_tokens(images, spec.layers, first, norm=spec.option("norm", False), proj=spec.option("proj", False))
     return {**{f"vv.{layer}": t for layer, t in out.vv.items()}, "cls": out.cls, "embed": out.embed}
 
 
@@ -177,18 +183,18 @@ def _vv(bb: Backbone, images: torch.Tensor, spec: FeatureSpec) -> Features:
 def _windows(bb: Backbone, images: torch.Tensor, spec: FeatureSpec) -> Features:
     from zsad_bench.backbones.clip_ops import make_windows
 
-    stride = spec.option("stride", 1)
+    clip, stride = _clip(bb), spec.option("stride", 1)
     feats = {
-        f"windows.{s}": bb.window_embeddings(images, make_windows(bb.grid_size, s, stride))
+        f"windows.{s}": clip.window_embeddings(images, make_windows(clip.grid_size, s, stride))
         for s in spec.option("scales", (2, 3))
     }
-    feats["embed"] = bb.encode_image(images)
+    feats["embed"] = clip.encode_image(images)
     return feats
 
 
 @register_variant("embed")
 def _embed(bb: Backbone, images: torch.Tensor, spec: FeatureSpec) -> Features:
-    return {"embed": bb.encode_image(images)}
+    return {"embed": _clip(bb).encode_image(images)}
 
 
 def compute_features(backbone: Backbone, images: torch.Tensor, spec: FeatureSpec) -> Features:

@@ -289,8 +289,9 @@ class SegHeadMethod(Method):
         from zsad_bench.features import FeatureSpec
 
         head, ctx = self._head(), self.ctx
+        assert ctx is not None  # setup(ctx) binds it, as it builds the head
         bb = ctx.backbone
-        opts = {"norm": True} if self.cfg.norm else {}
+        opts: dict[str, Any] = {"norm": True} if self.cfg.norm else {}
         feats = frozen_features(ctx, batch, FeatureSpec.create(bb, "tokens", layers=self.cfg.layers, **opts))
         p = bb.num_prefix_tokens
         tokens = {layer: trainable_tokens(feats[f"tokens.{layer}"][:, p:]) for layer in self.cfg.layers}

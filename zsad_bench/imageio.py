@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import numpy as np
 
@@ -208,7 +208,8 @@ def load_mask(path: Path, threshold: int = 0) -> np.ndarray:
     if arr.ndim == 3:
         if arr.shape[2] in (2, 4):  # drop alpha ("LA", "RGBA")
             arr = arr[:, :, : arr.shape[2] - 1]
-        return (arr > threshold).any(axis=2)
+        # numpy's stubs type ``any(axis=…)`` as ``bool | NDArray``; with an axis it is an array
+        return cast(np.ndarray, (arr > threshold).any(axis=2))
     return arr > threshold
 
 

@@ -225,7 +225,9 @@ def _pipeline(task: str, model: Any, **kw: Any) -> Any:
 
     if isinstance(model, (str, Path)) and not Path(model).exists():
         raise FileNotFoundError(f"{model}: no such local model folder (nothing is downloaded; name a local model)")
-    return pipeline(task, model=str(model) if isinstance(model, (str, Path)) else model, **kw)
+    source = str(model) if isinstance(model, (str, Path)) else model
+    # transformers overloads ``pipeline`` for literal task names only; the implementation takes any str
+    return pipeline(task, model=source, **kw)  # type: ignore[call-overload]
 
 
 def generate_llm_knowledge(

@@ -161,8 +161,8 @@ class MaskIndex:
         self.default_ext = default_ext
         files = list_images(folder)
         self._by_stem = {p.stem.lower(): p for p in reversed(files)}
-        suffixes = Counter(p.suffix for p in files).most_common(1)
-        self._usual_ext = suffixes[0][0] if suffixes else None
+        common = Counter(p.suffix for p in files).most_common(1)
+        self._usual_ext = common[0][0] if common else None
 
     def find(self, stem: str) -> Path | None:
         """The mask of the image with this stem, or None."""

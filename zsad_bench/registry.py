@@ -10,6 +10,7 @@ entry points (groups ``zsad_bench.methods``, ``zsad_bench.datasets``,
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import fnmatch
 import importlib
@@ -158,7 +159,7 @@ class Registry(Generic[T]):
                 out.append(name)
         return sorted(out)
 
-    def entries(self) -> list[Entry[T]]:
+    def entries(self) -> builtins.list[Entry[T]]:  # ``list`` here is the method above
         """All entries, sorted by name."""
         return [self.entry(n) for n in self.list()]
 

@@ -106,7 +106,7 @@ def _grid(size: int) -> tuple[Array, Array]:
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> Array:
     """Bilinearly upsampled uniform noise in [0, 1], (size, size)."""
     coarse = rng.random((cells + 1, cells + 1)).astype(np.float32)
-    img = Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    img = Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
@@ -292,6 +292,7 @@ def write_synth(root: Path, spec: SynthSpec) -> None:
         for defect in DEFECTS:
             for i in range(spec.n_per_defect):
                 img, mask = render_sample(spec, category, "test", defect, i)
+                assert mask is not None  # DEFECTS has no "good": every defect image has a mask
                 _save_png(base / "test" / defect / f"{i:03d}.png", img)
                 _save_png(base / "ground_truth" / defect / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
     (root / "synth.json").write_text(json.dumps(spec.manifest(), indent=1, sort_keys=True))

@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from zsad_bench.auxdata import AuxData, AuxDataset, aux_entries, build_aux, check_aux, section, to_batch
 from zsad_bench.checkpoints import CheckpointStore, config_hash, load_state
@@ -113,6 +113,17 @@ class TrainRecipe:
         if "betas" in changes:
             changes["betas"] = tuple(float(b) for b in changes["betas"])
         return replace(self, **changes)
+
+
+class _RecordBase(TypedDict):
+    """The :class:`TrainRecord` fields known before training or loading (see there)."""
+
+    tag: str
+    config_hash: str
+    epochs: int
+    protocol: dict[str, Any]
+    recipe: dict[str, Any]
+    device: str
 
 
 @dataclass
@@ -238,8 +249,8 @@ def train_or_load(method: Method, cfg: Any, ctx: Context) -> TrainRecord:
     tag = f"{method_name}.{'+'.join(aux.names)}"
     store = _store(cfg, train_cfg, tag, digest)
     device = _device(ctx)
-    base = {"tag": tag, "config_hash": digest, "epochs": recipe.epochs, "protocol": protocol,
-            "recipe": asdict(recipe), "device": str(device)}  # fmt: skip
+    base: _RecordBase = {"tag": tag, "config_hash": digest, "epochs": recipe.epochs, "protocol": protocol,
+                         "recipe": asdict(recipe), "device": str(device)}  # fmt: skip
     if train_cfg.get("checkpoint"):
         return _load_file(method, Path(str(train_cfg["checkpoint"])), base, device)
     found = None if train_cfg.get("retrain") else store.find_complete()
@@ -292,7 +303,7 @@ def _store(cfg: Any, train_cfg: Mapping[str, Any], tag: str, digest: str) -> Che
     return CheckpointStore(tag, digest, roots=[weights, results], write_root=write)
 
 
-def _load_file(method: Method, path: Path, base: dict[str, Any], device: Any) -> TrainRecord:
+def _load_file(method: Method, path: Path, base: _RecordBase, device: Any) -> TrainRecord:
     """``train.checkpoint=<file>``: load learnable parameters from a safetensors file."""
     method.load_learnable_state(load_state(path, device))
     logger.info("%s: loaded learnable parameters from %s (train.checkpoint)", base["tag"], path)
@@ -378,8 +389,8 @@ class _Training:
             return (to_batch([self.kept[i] for i in chunk], self.aux, self.device) for chunk in chunks)
         mosaic = dict(self.recipe.mosaic)
         dataset = AuxDataset(self.aux, self.backbone_cfg, mosaic=mosaic, seed=self.seed, epoch=epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset,  # type: ignore[arg-type]
+        loader: torch.utils.data.DataLoader[dict[str, Any]] = torch.utils.data.DataLoader(
+            dataset,  # type: ignore[arg-type]  # a map-style dataset by duck typing, not a torch Dataset
             batch_size=size,
             sampler=order,
             num_workers=int(self.train_cfg.get("num_workers") or 0),

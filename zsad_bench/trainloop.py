@@ -11,7 +11,7 @@ import contextlib
 import math
 import random
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -116,7 +116,7 @@ class Loop:
             terms = self.method.training_step(batch)
         if not terms:
             raise ValueError(f"{type(self.method).__name__}.training_step returned no loss")
-        loss = sum(t.float() for t in terms.values())
+        loss = cast("torch.Tensor", sum(t.float() for t in terms.values()))  # terms is not empty: a tensor
         value = loss.item()
         if not math.isfinite(value):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())

@@ -168,8 +168,9 @@ class DatasetInfo:
     def expected_counts(self, split: str = "test") -> tuple[int, int] | None:
         """(normal, anomalous) images of ``split`` over all categories, or None when unknown."""
         per_cat = [self.expected.get(c, {}).get(split) for c in self.categories]
-        if per_cat and all(c is not None for c in per_cat):
-            return (sum(c[0] for c in per_cat), sum(c[1] for c in per_cat))  # type: ignore[index]
+        known = [c for c in per_cat if c is not None]
+        if per_cat and len(known) == len(per_cat):
+            return (sum(c[0] for c in known), sum(c[1] for c in known))
         return self.expected_totals.get(split)
 
     def domain_of(self, category: str) -> str:

@@ -14,7 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from zsad_bench.backbones.config import BackboneConfig
 from zsad_bench.backbones.prompts import PromptHook
 from zsad_bench.backbones.weights import ResolvedWeights, load_state_dict, resolve_weights
 from zsad_bench.registry import BACKBONES, register_backbone
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["Backbone", "Geometry", "ImageTokens", "build_backbone", "default_config", "register"]
 
@@ -199,12 +202,11 @@ class Backbone(ABC):
             torch.manual_seed(self.cfg.seed)  # seeded random init; the caller's RNG stream is left alone
             model = self._create()
             if self.weights.path is not None:
-                self._load_checkpoint(model)
+                self._load_checkpoint(model, self.weights.path)
             model = self._resize(model)
         return model.to(self.device).eval().requires_grad_(False)
 
-    def _load_checkpoint(self, model: nn.Module) -> None:
-        path = self.weights.path
+    def _load_checkpoint(self, model: nn.Module, path: Path) -> None:
         state = self._adapt_state_dict(load_state_dict(path), model)
         try:
             result = model.load_state_dict(state, strict=False)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from torch import nn
 from zsad_bench.backbones.base import Backbone, Geometry, ImageTokens, escape, register
 from zsad_bench.backbones.clip_ops import dual_attention, resize_grid_embedding
 from zsad_bench.backbones.clip_text import CLIPTextMixin
+from zsad_bench.backbones.clip_types import CLIPModel, VisionTower
 from zsad_bench.backbones.config import BackboneConfig
 from zsad_bench.backbones.prompts import PromptHook
 
@@ -107,11 +108,11 @@ class CLIPBackbone(CLIPTextMixin, Backbone):
         for key in ("input_resolution", "context_length", "vocab_size"):  # OpenAI TorchScript extras
             state.pop(key, None)
         if "logit_scale" in state:
-            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+            state["logit_scale"] = state["logit_scale"].reshape(cast(CLIPModel, model).logit_scale.shape)
         return state
 
     def _resize(self, model: nn.Module) -> nn.Module:
-        v = model.visual
+        v = cast(CLIPModel, model).visual
         new, old = self.grid_size, tuple(v.grid_size)
         if old == new:
             return model
@@ -124,12 +125,17 @@ class CLIPBackbone(CLIPTextMixin, Backbone):
         return model
 
     # ------------------------------------------------------------------ pieces
+    @property
+    def visual(self) -> VisionTower:
+        """The open_clip image tower (``model.visual``), typed."""
+        return self.clip_model.visual
+
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) → (B, 1+N, D): patch embedding, CLS prepended, positional embedding added.
 
         This is the input of ``patch_dropout``/``ln_pre``, where WinCLIP masks windows.
         """
-        v = self.model.visual
+        v = self.visual
         x = v.conv1(images)  # (B, D, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, D)
@@ -137,7 +143,7 @@ class CLIPBackbone(CLIPTextMixin, Backbone):
 
     def pre_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """``ln_pre(patch_dropout(x))`` (patch dropout is the identity in eval mode)."""
-        v = self.model.visual
+        v = self.visual
         return v.ln_pre(v.patch_dropout(x))
 
     def run_blocks(
@@ -160,7 +166,7 @@ class CLIPBackbone(CLIPTextMixin, Backbone):
         """
         take = set(take)
         out: dict[int, torch.Tensor] = {}
-        for i, block in enumerate(self.model.visual.transformer.resblocks, start=1):
+        for i, block in enumerate(self.visual.transformer.resblocks, start=1):
             if prompts is not None:
                 x = prompts(i, x)
             x = block(x)
@@ -170,7 +176,7 @@ class CLIPBackbone(CLIPTextMixin, Backbone):
 
     def project(self, tokens: torch.Tensor, norm: bool = True, proj: bool = True) -> torch.Tensor:
         """Apply ``ln_post`` and/or ``@ proj`` to (…, D) image tokens."""
-        v = self.model.visual
+        v = self.visual
         if norm:
             tokens = v.ln_post(tokens)
         if proj:
@@ -205,6 +211,7 @@ class CLIPBackbone(CLIPTextMixin, Backbone):
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(B, E) standard CLIP image embeddings (equal to open_clip's ``encode_image``)."""
         embed = self.image_tokens(images, []).embed
+        assert embed is not None  # CLIP's image_tokens always has the embedding
         return nn.functional.normalize(embed, dim=-1) if normalize else embed
 
     def vv_tokens(
@@ -258,7 +265,7 @@ class CLIPBackbone(CLIPTextMixin, Backbone):
         vv: torch.Tensor | None = None
         vv_out: dict[int, torch.Tensor] = {}
         ori_out: dict[int, torch.Tensor] = {}
-        for i, block in enumerate(self.model.visual.transformer.resblocks, start=1):
+        for i, block in enumerate(self.visual.transformer.resblocks, start=1):
             if i < first:
                 x = block(x)
                 continue

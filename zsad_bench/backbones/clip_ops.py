@@ -6,10 +6,13 @@ Nothing here holds state; the functions take the open_clip modules they need.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zsad_bench.backbones.clip_types import Attention
 
 __all__ = ["dual_attention", "make_windows", "resize_grid_embedding"]
 
@@ -29,13 +32,14 @@ def dual_attention(attn: nn.Module, y: torch.Tensor) -> tuple[torch.Tensor, torc
         (original, vv), each (B, L, D).
     """
     b, n, d = y.shape
-    h = attn.num_heads
-    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # 3 × (B, L, D)
+    mha = cast(Attention, attn)
+    h = mha.num_heads
+    q, k, v = F.linear(y, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)  # 3 × (B, L, D)
     q, k, v = (t.reshape(b, n, h, d // h).transpose(1, 2) for t in (q, k, v))  # (B, H, L, hd)
     ori = F.scaled_dot_product_attention(q, k, v)  # (B, H, L, hd)
     vv = F.scaled_dot_product_attention(v, v, v)
     both = torch.stack([ori, vv]).transpose(2, 3).reshape(2, b, n, d)  # (2, B, L, D)
-    both = attn.out_proj(both)
+    both = mha.out_proj(both)
     return both[0], both[1]
 
 

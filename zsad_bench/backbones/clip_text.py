@@ -8,16 +8,19 @@ while the work shrinks from 77 to ~15 tokens for typical prompts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from zsad_bench.backbones.base import escape
+from zsad_bench.backbones.clip_types import CLIPModel
 from zsad_bench.backbones.prompts import PromptHook
 
 if TYPE_CHECKING:
+    import contextlib
+
     from torch import nn
 
 __all__ = ["CLIPTextMixin"]
@@ -31,15 +34,27 @@ class CLIPTextMixin:
     cfg: Any
     _tokenizer: Any = None
 
+    if TYPE_CHECKING:  # provided by Backbone (declared here only for the type checker, not to shadow it)
+
+        @contextlib.contextmanager
+        def running(self, grad: bool = False) -> Iterator[None]:
+            """See :meth:`~zsad_bench.backbones.base.Backbone.running`."""
+            ...
+
+    @property
+    def clip_model(self) -> CLIPModel:
+        """``model`` typed as the open_clip ``CLIP`` it is (no run-time check)."""
+        return cast(CLIPModel, self.model)
+
     @property
     def context_length(self) -> int:
         """Token positions of the text encoder (77)."""
-        return int(self.model.positional_embedding.shape[0])
+        return int(self.clip_model.positional_embedding.shape[0])
 
     @property
     def text_width(self) -> int:
         """Token width of the text encoder."""
-        return int(self.model.positional_embedding.shape[1])
+        return int(self.clip_model.positional_embedding.shape[1])
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """(K, context_length) token ids of ``texts`` (SOT … EOT, zero padded), on the device."""
@@ -58,13 +73,13 @@ class CLIPTextMixin:
         if pool == "argmax":
             return tokens.argmax(dim=-1)
         if pool == "eos":
-            return (tokens == self.model.text_eos_id).int().argmax(dim=-1)
+            return (tokens == self.clip_model.text_eos_id).int().argmax(dim=-1)
         raise ValueError(f"text pooling {pool!r} of {self.cfg.arch} is not supported (argmax or eos)")
 
     def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """(K, L, D) frozen word embeddings of token ids (rows to replace by learned vectors)."""
         with torch.no_grad():
-            return self.model.token_embedding(tokens.to(self.device)).float()
+            return self.clip_model.token_embedding(tokens.to(self.device)).float()
 
     def encode_text(
         self,
@@ -88,7 +103,7 @@ class CLIPTextMixin:
         tokens = tokens.to(self.device)
         out = []
         for chunk in tokens.split(batch_size):
-            emb = self.model.token_embedding(chunk)  # (k, L, D)
+            emb = self.clip_model.token_embedding(chunk)  # (k, L, D)
             out.append(self.encode_token_embeddings(emb, self.eot_index(chunk), prompts=prompts, truncate=truncate))
         x = torch.cat(out)
         return F.normalize(x, dim=-1) if normalize else x
@@ -115,7 +130,7 @@ class CLIPTextMixin:
             normalize: L2-normalise.
             truncate: cut after the longest EOT.
         """
-        m = self.model
+        m = self.clip_model
         eot = eot.to(self.device)
         length = int(eot.max()) + 1 if truncate else embeddings.shape[1]
         grad = prompts is not None or embeddings.requires_grad
@@ -145,7 +160,8 @@ class CLIPTextMixin:
                 False averages the raw embeddings (WinCLIP/anomalib, AnoCLIP, AdaptCLIP static text).
         """
         flat = bool(groups) and isinstance(groups[0], str)
-        lists = [list(groups)] if flat else [list(g) for g in groups]
+        # flat: ``groups`` is one list of sentences (a str is a Sequence[str] too, so mypy cannot tell)
+        lists: list[list[str]] = [list(cast("Sequence[str]", groups))] if flat else [list(g) for g in groups]
         if any(not g for g in lists):
             raise ValueError("encode_prompt_ensemble got an empty list of sentences")
         sizes = [len(g) for g in lists]

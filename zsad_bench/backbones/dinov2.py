@@ -9,6 +9,7 @@ its positional embedding resampled to ``input_size`` with timm's ``resample_abs_
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -18,6 +19,26 @@ from zsad_bench.backbones.config import IMAGENET_MEAN, IMAGENET_STD, BackboneCon
 from zsad_bench.backbones.prompts import PromptHook
 
 __all__ = ["DINOv2Backbone"]
+
+
+class _PatchEmbed(Protocol):
+    patch_size: tuple[int, int]
+
+
+class _ViT(Protocol):
+    """The parts of timm's ``VisionTransformer`` used here (``create_model`` is typed as a plain Module)."""
+
+    patch_embed: _PatchEmbed
+    blocks: nn.Sequential
+    embed_dim: int
+    num_prefix_tokens: int
+    no_embed_class: bool
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: list[int], *, return_prefix_tokens: bool, norm: bool, output_fmt: str
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """(final tokens (B, P+N, D), per index (patches (B, N, D), prefix (B, P, D))) as called here."""
+        ...
 
 
 class DINOv2Backbone(Backbone):
@@ -37,7 +58,7 @@ class DINOv2Backbone(Backbone):
 
     def _make_geometry(self) -> Geometry:
         with torch.device("meta"):
-            m = self._timm(self._native())
+            m = cast(_ViT, self._timm(self._native()))
         return Geometry(m.patch_embed.patch_size[0], len(m.blocks), m.embed_dim, m.num_prefix_tokens, m.embed_dim)
 
     def _create(self) -> nn.Module:
@@ -51,11 +72,11 @@ class DINOv2Backbone(Backbone):
 
         if self.cfg.input_size == self._native():
             return model
-        state = model.state_dict()
+        vit, state = cast(_ViT, model), model.state_dict()
         state["pos_embed"] = resample_abs_pos_embed(
             state["pos_embed"],
             new_size=list(self.grid_size),
-            num_prefix_tokens=0 if model.no_embed_class else model.num_prefix_tokens,
+            num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
             interpolation=self.cfg.pos_interp,
             antialias=self.cfg.pos_antialias,
         )
@@ -83,7 +104,7 @@ class DINOv2Backbone(Backbone):
         indices = sorted(set(wanted.values()))
         with self.running():
             self.forward_calls += 1
-            final, inter = self.model.forward_intermediates(
+            final, inter = cast(_ViT, self.model).forward_intermediates(
                 images, indices=[i - 1 for i in indices] or [0], return_prefix_tokens=True, norm=norm, output_fmt="NLC"
             )
             pairs = zip(indices, inter, strict=True)

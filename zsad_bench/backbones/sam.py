@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -22,6 +22,16 @@ from zsad_bench.backbones.config import IMAGENET_MEAN, IMAGENET_STD, BackboneCon
 from zsad_bench.backbones.prompts import PromptHook
 
 __all__ = ["SAMBackbone"]
+
+
+class _ImageEncoder(Protocol):
+    """The parts of segment-anything's ``ImageEncoderViT`` used here (the package has no types)."""
+
+    patch_embed: nn.Module  # (B, 3, S, S) → (B, H, W, C)
+    pos_embed: torch.Tensor  # (1, G, G, C) absolute positional embedding
+    blocks: nn.ModuleList
+    img_size: int
+
 
 _SIZES: dict[str, dict[str, Any]] = {
     "vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
@@ -74,13 +84,14 @@ class SAMBackbone(Backbone):
 
         if self.cfg.input_size % self.patch_size:
             raise ValueError(f"backbone {self.name}: input_size must be a multiple of {self.patch_size}")
-        pos = model.pos_embed.data  # (1, G, G, C)
+        encoder = cast(_ImageEncoder, model)
+        pos = encoder.pos_embed.data  # (1, G, G, C)
         if tuple(pos.shape[1:3]) != self.grid_size:
             grid = resize_grid_embedding(
                 pos.reshape(-1, pos.shape[-1]), self.grid_size, self.cfg.pos_interp, self.cfg.pos_antialias
             )
-            model.pos_embed = nn.Parameter(grid.reshape(1, *self.grid_size, -1), requires_grad=False)
-            model.img_size = self.cfg.input_size
+            encoder.pos_embed = nn.Parameter(grid.reshape(1, *self.grid_size, -1), requires_grad=False)
+            encoder.img_size = self.cfg.input_size
         return model
 
     def image_tokens(
@@ -98,7 +109,7 @@ class SAMBackbone(Backbone):
         images = self.check_images(images)
         wanted = self.resolve_layers(layers)
         last = max(wanted.values(), default=0)
-        m = self.model
+        m = cast(_ImageEncoder, self.model)
         with self.running():
             self.forward_calls += 1
             x = m.patch_embed(images) + m.pos_embed  # (B, H, W, C)

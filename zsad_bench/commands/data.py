@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
@@ -114,7 +114,7 @@ def dataset_root(info: DatasetInfo, overrides: dict[str, str]) -> Path:
 
 # ----------------------------------------------------------------------------- check
 def _check_record(rec: SampleRecord, info: DatasetInfo, quick: bool) -> list[Problem]:
-    out = []
+    out: list[Problem] = []
     try:
         hw = image_hw(rec.image_path) if quick else load_image(rec.image_path).size[::-1]
     except ImageReadError as exc:
@@ -135,7 +135,8 @@ def _check_record(rec: SampleRecord, info: DatasetInfo, quick: bool) -> list[Pro
                         "warning", "empty mask", rec.mask_path, f"{rec.mask_path}: mask of an anomalous image is empty"
                     )
                 )
-        check_mask_size(rec.image_path, rec.mask_path, tuple(hw), tuple(mhw))
+        image_hw_, mask_hw = cast(tuple[int, int], tuple(hw)), cast(tuple[int, int], tuple(mhw))  # both (H, W)
+        check_mask_size(rec.image_path, rec.mask_path, image_hw_, mask_hw)
     except MaskSizeError as exc:
         severity = "error" if info.mask_size_must_match else "note"
         out.append(Problem(severity, "mask size", exc.path, str(exc)))

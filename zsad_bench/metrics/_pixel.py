@@ -127,7 +127,8 @@ class PixelAccumulator:
             neg_sel, pos_sel = neg_sel & valid, pos_sel & valid
         negatives, positives = maps[neg_sel], maps[pos_sel]  # (N_b,), (P_b,) in C order
         if self.hist is not None:
-            weights = 1.0 / sizes[region]
+            assert sizes is not None  # histogram mode always labels regions (need_regions)
+            weights: Any = 1.0 / sizes[region]  # (P_b,) numpy, made torch on the maps' device below
             if is_torch(maps):
                 import torch
 
@@ -161,6 +162,7 @@ class PixelAccumulator:
 
     def groups(self) -> TieGroups:
         """The positive bins as tie groups (histogram mode)."""
+        assert self.hist is not None, "groups() is for histogram mode"
         return self.hist.groups()
 
     def chunks(self, pos_desc: np.ndarray, weight_desc: np.ndarray | None) -> Iterator[TieGroups]:

@@ -169,16 +169,14 @@ class CategoryEvaluator:
     # ------------------------------------------------------------------ compute
     def definitions(self) -> dict[str, str]:
         """The definition string of every requested metric (for ``metrics.json``)."""
-        opts = {
-            "ap": self.ap,
-            "aupro": self.aupro,
-            "fpr_limit": self.fpr_limit,
-            "connectivity": self.connectivity,
-            "hist_bits": self.hist_bits,
-        }
-        out = {k: describe(k, mode="exact", **opts) for k in self.image_metrics}
-        out.update({k: describe(k, mode=self.mode, **opts) for k in self.pixel_metrics})
+        out = {k: self._describe(k, "exact") for k in self.image_metrics}
+        out.update({k: self._describe(k, self.mode) for k in self.pixel_metrics})
         return out
+
+    def _describe(self, key: str, mode: str) -> str:
+        """The definition string of ``key`` under this evaluator's variants and ``mode``."""
+        ap, aupro, fpr, conn, bits = self.ap, self.aupro, self.fpr_limit, self.connectivity, self.hist_bits
+        return describe(key, mode=mode, ap=ap, aupro=aupro, fpr_limit=fpr, connectivity=conn, hist_bits=bits)
 
     def compute(self) -> dict[str, MetricValue]:
         """All requested metrics; undefined ones are NaN with a reason, never an exception."""
@@ -256,11 +254,16 @@ class CategoryEvaluator:
         ranked = self._over_chunks([k for k in keys if steps[k] is None], acc.chunks(pos_desc, weight_desc))
         out = {}
         for key in keys:
-            if steps[key] is None:
+            n_steps = steps[key]
+            if n_steps is None:
                 out[key] = MetricValue(ranked[key], None, defs[key])
                 continue
+            extremes = acc.extremes()
+            # AUPRO keys make the accumulator keep region weights, and there are positives (checked above)
+            assert weight_desc is not None
+            assert extremes is not None
             value, why = cflow_aupro(
-                acc.negatives.count_le, acc.n_neg, pos_desc, weight_desc, acc.n_regions, acc.extremes(), steps[key],
+                acc.negatives.count_le, acc.n_neg, pos_desc, weight_desc, acc.n_regions, extremes, n_steps,
                 self.fpr_limit,
             )  # fmt: skip
             out[key] = MetricValue(value, why, defs[key])
