@@ -15,7 +15,8 @@ What it does (the official code's scripts, our defaults):
 - text: the placeholder sentences "X×12 object." and "X×12 damaged object."; the word embeddings of
   the 12 "X" (positions 1–12, right after the start token) are replaced by learnable contexts
   (normal / anomalous, N(0, 0.02)); deep text prompts: 8 learnable (4, D) tensors overwrite positions
-  1–4 before text blocks 2–9 (depth 9), rounded to fp16 values on insertion as the code's ``.half()``;
+  1–4 before text blocks 2–9 (depth 9), rounded to fp16 values on insertion as the code's ``.half()``
+  (after the per-sentence expand, as there: each sentence's gradient is rounded to fp16 before the sum);
 - maps: per used layer, softmax over [normal, anomalous] of cos/0.07 per patch, the two-channel
   probability map upsampled bilinearly (``align_corners=False``) to the input size,
   (p_anomalous + 1 − p_normal)/2, summed over the used layers, Gaussian σ = 4;
@@ -316,8 +317,8 @@ class AnomalyCLIP(Method):
         ctx_vectors = torch.cat([prompts.ctx_pos[0], prompts.ctx_neg[0]])  # (2, n_ctx, D)
         emb = replace_token_embeddings(ph["embeddings"], ctx_vectors, start=1)  # (2, L, D)
         deep = list(prompts.compound_prompts_text)
-        if self.cfg.round_deep_prompts_fp16:
-            deep = [_round_fp16(d) for d in deep]
+        if self.cfg.round_deep_prompts_fp16:  # per sentence, as the code's expand(...).half(): so are the gradients
+            deep = [_round_fp16(d.expand(len(emb), -1, -1)) for d in deep]
         hook = overwrite_prompts(deep, first_block=self.cfg.deep_first_block, start=1) if deep else None
         text = F.normalize(bb.encode_token_embeddings(emb, ph["eot"], prompts=hook).float(), dim=-1)
         if not grad:
