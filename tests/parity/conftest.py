@@ -12,7 +12,7 @@ import importlib.util
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,36 @@ def seeded_clip_file(tmp_path_factory) -> Iterator[Callable[[str, int], tuple[Pa
 
     yield make
     shutil.rmtree(folder, ignore_errors=True)  # gigabytes: not kept among pytest's last three base folders
+
+
+def preprocess_pngs(backbone: Any, images: Sequence[np.ndarray], paths: Sequence[Path]) -> Any:
+    """Save (H, W, 3) uint8 images as PNG files and read them back through the evaluation loop's preprocessing.
+
+    Returns:
+        (B, 3, S, S) tensor, preprocessed as ``backbone.cfg`` says (size, mean, std, interpolation).
+    """
+    import torch
+    from PIL import Image
+
+    from zsad_bench.imageio import load_image
+    from zsad_bench.preprocess import PreprocessSpec, preprocess_image
+
+    c = backbone.cfg
+    spec = PreprocessSpec.from_cfg(
+        {"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation}
+    )
+    out = []
+    for image, path in zip(images, paths, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        out.append(preprocess_image(load_image(path), spec))
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="session")
+def pngs() -> Callable[..., Any]:
+    """:func:`preprocess_pngs`: the recorded images as the evaluation loop reads them."""
+    return preprocess_pngs
 
 
 @pytest.fixture(scope="module")

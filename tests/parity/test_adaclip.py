@@ -36,7 +36,7 @@ pytestmark = pytest.mark.parity
 class Setup:
     """Our method on the recorded weights, parameters and k-means labels; the batch of the recorded images."""
 
-    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file) -> None:
+    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file, pngs) -> None:
         from zsad_bench.context import Context
         from zsad_bench.feature_cache import FeatureCache
         from zsad_bench.methods.adaclip import KMEANS_HOOK, AdaCLIP, AdaCLIPConfig, from_official_state_dict
@@ -67,7 +67,7 @@ class Setup:
         assert gen.tensor_digest(official) == str(self.rec["learnable_digest"]), f"{REGENERATE} --arch {key}"
         self.method.load_learnable_state(from_official_state_dict(official, self.method.layers))
         self.inputs = drv.make_inputs(self.arch)
-        self.batch = self._batch(folder)
+        self.batch = self._batch(folder, pngs)
 
     def _check_layout(self, drv, arch, folder: Path) -> None:
         """Register the reduced config with open_clip; its state-dict layout must be the code's."""
@@ -87,25 +87,17 @@ class Setup:
         assert (data.shape[0], n_clusters) == (len(self.labels[0]), 20)
         return self.labels.pop(0)
 
-    def _batch(self, folder: Path):
+    def _batch(self, folder: Path, pngs):
         """PNG files → the evaluation loop's preprocessing → one Batch (records carry the class folder)."""
-        from PIL import Image
-
-        from zsad_bench.imageio import load_image
-        from zsad_bench.preprocess import PreprocessSpec, preprocess_image
         from zsad_bench.types import Batch, SampleRecord
 
-        c = self.ctx.backbone.cfg
-        spec = PreprocessSpec.from_cfg(
-            {"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation}
-        )
-        recs, tensors = [], []
-        for i, (cls, img, mask) in enumerate(self.inputs):
-            path = folder / f"{i:03d}.png"
-            Image.fromarray(img).save(path)
-            tensors.append(preprocess_image(load_image(path), spec))
-            recs.append(SampleRecord(path, int(mask is not None), None, cls, "x", "test", "mvtec_ad"))
-        return Batch(torch.stack(tensors), recs, [cls.replace("_", " ") for cls, _, _ in self.inputs])
+        paths = [folder / f"{i:03d}.png" for i in range(len(self.inputs))]
+        recs = [
+            SampleRecord(path, int(mask is not None), None, cls, "x", "test", "mvtec_ad")
+            for path, (cls, _, mask) in zip(paths, self.inputs, strict=True)
+        ]
+        images = pngs(self.ctx.backbone, [img for _, img, _ in self.inputs], paths)
+        return Batch(images, recs, [cls.replace("_", " ") for cls, _, _ in self.inputs])
 
     @cached_property
     def predicted(self) -> dict[str, np.ndarray]:
@@ -161,8 +153,9 @@ ARCH_PARAMS = ["reduced", "full"]
 
 
 @pytest.fixture(scope="module", params=ARCH_PARAMS)
-def s(request, drv, recorded, tmp_path_factory, seeded_clip_file):
-    return Setup(drv, recorded, request.param, tmp_path_factory.mktemp(f"adaclip_{request.param}"), seeded_clip_file)
+def s(request, drv, recorded, tmp_path_factory, seeded_clip_file, pngs):
+    folder = tmp_path_factory.mktemp(f"adaclip_{request.param}")
+    return Setup(drv, recorded, request.param, folder, seeded_clip_file, pngs)
 
 
 def test_recordings_are_informative(s):

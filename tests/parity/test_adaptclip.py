@@ -32,7 +32,7 @@ pytestmark = pytest.mark.parity
 class Setup:
     """Our method on the recorded weights and adapters, and the batches of the recorded images."""
 
-    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file) -> None:
+    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file, pngs) -> None:
         from zsad_bench.context import Context
         from zsad_bench.feature_cache import FeatureCache
         from zsad_bench.methods.adaptclip import AdaptCLIP, AdaptCLIPConfig
@@ -59,6 +59,7 @@ class Setup:
         self._load_adapters(drv)
         tests, prompts = drv.make_inputs(key)
         self.categories = [c for c, *_ in tests]
+        self.pngs = pngs
         self.test_batch = self._batch([img for _, _, img, _ in tests], self.categories, folder, "test")
         self.prompt_batch = self._batch([img for _, img in prompts], [c for c, _ in prompts], folder, "train")
 
@@ -93,23 +94,14 @@ class Setup:
 
     def _batch(self, images, categories, folder: Path, split: str):
         """PNG files → the evaluation loop's preprocessing → a Batch."""
-        from PIL import Image
-
-        from zsad_bench.imageio import load_image
-        from zsad_bench.preprocess import PreprocessSpec, preprocess_image
         from zsad_bench.types import Batch, SampleRecord
 
-        c = self.ctx.backbone.cfg
-        spec = PreprocessSpec.from_cfg(
-            {"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation}
-        )
-        recs, tensors = [], []
-        for i, (img, category) in enumerate(zip(images, categories, strict=True)):
-            path = folder / f"{split}_{i}.png"
-            Image.fromarray(img).save(path)
-            tensors.append(preprocess_image(load_image(path), spec))
-            recs.append(SampleRecord(path, 0, None, category, "x", split, "mvtec_ad"))
-        return Batch(torch.stack(tensors), recs, list(categories))
+        paths = [folder / f"{split}_{i}.png" for i in range(len(images))]
+        recs = [
+            SampleRecord(path, 0, None, category, "x", split, "mvtec_ad")
+            for path, category in zip(paths, categories, strict=True)
+        ]
+        return Batch(self.pngs(self.ctx.backbone, images, paths), recs, list(categories))
 
     def subset(self, batch, category: str):
         """The items of one category (references are per category)."""
@@ -145,8 +137,9 @@ class Setup:
 
 
 @pytest.fixture(scope="module", params=["reduced", "full"])
-def s(request, drv, recorded, tmp_path_factory, seeded_clip_file):
-    return Setup(drv, recorded, request.param, tmp_path_factory.mktemp(f"adaptclip_{request.param}"), seeded_clip_file)
+def s(request, drv, recorded, tmp_path_factory, seeded_clip_file, pngs):
+    folder = tmp_path_factory.mktemp(f"adaptclip_{request.param}")
+    return Setup(drv, recorded, request.param, folder, seeded_clip_file, pngs)
 
 
 def test_recordings_are_informative(s):

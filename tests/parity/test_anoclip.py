@@ -39,7 +39,7 @@ pytestmark = pytest.mark.parity
 class Setup:
     """Our methods on the recorded weights, the batches of the recorded images, and each method's outputs."""
 
-    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file) -> None:
+    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file, pngs) -> None:
         from zsad_bench.context import Context
         from zsad_bench.feature_cache import FeatureCache
 
@@ -56,7 +56,7 @@ class Setup:
         bb["interpolation"] = "bilinear"  # torchvision Resize((S, S)) on a PIL image: PIL bilinear
         cache = FeatureCache(folder / "cache", dtype="fp32")  # both methods read one forward per image, exactly
         self.ctx = Context(device="cpu", seed=0, backbone_cfg={**bb, "weights": str(path)}, cache=cache)
-        self.batches = self._batches(folder)
+        self.batches = self._batches(folder, pngs)
         self.text: dict = {}  # the text embeddings, shared by both methods (they depend on the backbone only)
         self._runs: dict[str, dict[str, np.ndarray]] = {}
 
@@ -78,27 +78,17 @@ class Setup:
         bb = {"name": "clip", "arch": arch.model, "input_size": arch.size, "pretrained": "", "activation": "gelu"}
         return bb, path
 
-    def _batches(self, folder: Path) -> list:
+    def _batches(self, folder: Path, pngs) -> list:
         """PNG files in the reference's layout → the evaluation loop's preprocessing → one Batch per class."""
-        from PIL import Image
-
-        from zsad_bench.imageio import load_image
-        from zsad_bench.preprocess import PreprocessSpec, preprocess_image
         from zsad_bench.types import Batch, SampleRecord
 
-        c = self.ctx.backbone.cfg
-        spec = PreprocessSpec.from_cfg(
-            {"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation}
-        )
         inputs = self.drv.make_inputs(self.key)
-        records, tensors = [], []
-        for rel, (category, defect, image, mask) in zip(self.rec["paths"].tolist(), inputs, strict=True):
-            path = folder / "mvtec" / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(path)
-            tensors.append(preprocess_image(load_image(path), spec))
-            records.append(SampleRecord(path, int(mask is not None), None, category, defect, "test", "mvtec"))
-        self.images = torch.stack(tensors)  # (B, 3, S, S)
+        paths = [folder / "mvtec" / rel for rel in self.rec["paths"].tolist()]
+        records = [
+            SampleRecord(path, int(mask is not None), None, category, defect, "test", "mvtec")
+            for path, (category, defect, _, mask) in zip(paths, inputs, strict=True)
+        ]
+        self.images = pngs(self.ctx.backbone, [image for _, _, image, _ in inputs], paths)  # (B, 3, S, S)
         batches = []
         for category in self.arch.classes:
             idx = [i for i, r in enumerate(records) if r.category == category]
@@ -194,8 +184,9 @@ def margin(cos: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module", params=["reduced", "full"])
-def s(request, drv, recorded, tmp_path_factory, seeded_clip_file):
-    return Setup(drv, recorded, request.param, tmp_path_factory.mktemp(f"anoclip_{request.param}"), seeded_clip_file)
+def s(request, drv, recorded, tmp_path_factory, seeded_clip_file, pngs):
+    folder = tmp_path_factory.mktemp(f"anoclip_{request.param}")
+    return Setup(drv, recorded, request.param, folder, seeded_clip_file, pngs)
 
 
 def test_recordings_are_informative(s):

@@ -45,7 +45,7 @@ pytestmark = pytest.mark.parity
 class Setup:
     """Our method on the recorded weights and prompts, and the batch of the recorded images."""
 
-    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file) -> None:
+    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file, pngs) -> None:
         import yaml
 
         from zsad_bench.context import Context
@@ -73,7 +73,7 @@ class Setup:
         self.prompts = self._official_prompts(folder)
         self.method.load_learnable_state(self.prompts)
         self.inputs = drv.make_inputs(key)
-        self.batch = self._batch(folder)
+        self.batch = self._batch(folder, pngs)
 
     def _reduced_weights(self, folder: Path) -> tuple[Path, str]:
         import open_clip
@@ -100,25 +100,17 @@ class Setup:
         assert sorted(loaded) == sorted(ours), sorted(loaded)
         return loaded
 
-    def _batch(self, folder: Path):
+    def _batch(self, folder: Path, pngs):
         """PNG files → the evaluation loop's preprocessing → one Batch of all test images."""
-        from PIL import Image
-
-        from zsad_bench.imageio import load_image
-        from zsad_bench.preprocess import PreprocessSpec, preprocess_image
         from zsad_bench.types import Batch, SampleRecord
 
-        c = self.ctx.backbone.cfg
-        spec = PreprocessSpec.from_cfg(
-            {"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation}
-        )
-        recs, tensors = [], []
-        for i, (category, _, img, mask) in enumerate(self.inputs):
-            path = folder / f"test_{i}.png"
-            Image.fromarray(img).save(path)
-            tensors.append(preprocess_image(load_image(path), spec))
-            recs.append(SampleRecord(path, int(mask is not None), None, category, "x", "test", "mvtec_ad"))
-        return Batch(torch.stack(tensors), recs, [r.category for r in recs])
+        paths = [folder / f"test_{i}.png" for i in range(len(self.inputs))]
+        recs = [
+            SampleRecord(path, int(mask is not None), None, category, "x", "test", "mvtec_ad")
+            for path, (category, _, _, mask) in zip(paths, self.inputs, strict=True)
+        ]
+        images = pngs(self.ctx.backbone, [img for _, _, img, _ in self.inputs], paths)
+        return Batch(images, recs, [r.category for r in recs])
 
     def sub_batch(self, idx, masks: np.ndarray | None = None):
         """The test images ``idx`` (same files: cached features), with training masks and labels."""
@@ -148,10 +140,9 @@ class Setup:
 
 
 @pytest.fixture(scope="module", params=["reduced", "full"])
-def s(request, drv, recorded, tmp_path_factory, seeded_clip_file):
-    return Setup(
-        drv, recorded, request.param, tmp_path_factory.mktemp(f"anomalyclip_{request.param}"), seeded_clip_file
-    )
+def s(request, drv, recorded, tmp_path_factory, seeded_clip_file, pngs):
+    folder = tmp_path_factory.mktemp(f"anomalyclip_{request.param}")
+    return Setup(drv, recorded, request.param, folder, seeded_clip_file, pngs)
 
 
 def test_recordings_are_informative(s):

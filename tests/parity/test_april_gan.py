@@ -27,7 +27,7 @@ pytestmark = pytest.mark.parity
 class Setup:
     """Our method on the recorded weights, and the batches of the recorded images."""
 
-    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file) -> None:
+    def __init__(self, drv, recorded, key: str, folder: Path, seeded_clip_file, pngs) -> None:
         from zsad_bench.context import Context
         from zsad_bench.feature_cache import FeatureCache
         from zsad_bench.methods.april_gan import APRILGAN, APRILGANConfig, from_official_checkpoint
@@ -56,6 +56,7 @@ class Setup:
         official = drv.linear_checkpoint(model_cfg["vision_cfg"]["width"], model_cfg["embed_dim"])
         assert drv.tensor_digest(official["trainable_linearlayer"]) == str(self.rec["linear_digest"]), REGENERATE
         self.method.load_learnable_state(from_official_checkpoint(official, self.method.cfg.layers))
+        self.pngs = pngs
         tests, ref = drv.make_inputs(arch.hw)
         self.test_batch = self._batch(drv, [img for _, img, _ in tests], folder, "test")
         self.ref_batch = self._batch(drv, [ref], folder, "train")
@@ -74,23 +75,11 @@ class Setup:
 
     def _batch(self, drv, images, folder: Path, split: str):
         """PNG files → the evaluation loop's preprocessing → a Batch (class words differ from the folder)."""
-        from PIL import Image
-
-        from zsad_bench.imageio import load_image
-        from zsad_bench.preprocess import PreprocessSpec, preprocess_image
         from zsad_bench.types import Batch, SampleRecord
 
-        c = self.ctx.backbone.cfg
-        spec = PreprocessSpec.from_cfg(
-            {"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation}
-        )
-        recs, tensors = [], []
-        for i, img in enumerate(images):
-            path = folder / f"{split}_{i}.png"
-            Image.fromarray(img).save(path)
-            tensors.append(preprocess_image(load_image(path), spec))
-            recs.append(SampleRecord(path, 0, None, drv.CLASS, "x", split, "mvtec_ad"))
-        return Batch(torch.stack(tensors), recs, [drv.CLASS.replace("_", " ")] * len(images))
+        paths = [folder / f"{split}_{i}.png" for i in range(len(images))]
+        recs = [SampleRecord(path, 0, None, drv.CLASS, "x", split, "mvtec_ad") for path in paths]
+        return Batch(self.pngs(self.ctx.backbone, images, paths), recs, [drv.CLASS.replace("_", " ")] * len(images))
 
     def logits(self) -> np.ndarray:
         """Per-layer logits before upsampling, as the code lays them out: (B, L, 2, g, g)."""
@@ -139,8 +128,9 @@ ARCH_PARAMS = ["reduced", "full"]
 
 
 @pytest.fixture(scope="module", params=ARCH_PARAMS)
-def s(request, drv, recorded, tmp_path_factory, seeded_clip_file):
-    return Setup(drv, recorded, request.param, tmp_path_factory.mktemp(f"april_gan_{request.param}"), seeded_clip_file)
+def s(request, drv, recorded, tmp_path_factory, seeded_clip_file, pngs):
+    folder = tmp_path_factory.mktemp(f"april_gan_{request.param}")
+    return Setup(drv, recorded, request.param, folder, seeded_clip_file, pngs)
 
 
 def test_recordings_are_informative(s):

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.parity
 class Setup:
     """Our WinCLIP (``variant=caoyunkang``) on the recorded weights and the recorded images."""
 
-    def __init__(self, drv, rec: dict, folder: Path, seeded_clip_file) -> None:
+    def __init__(self, drv, rec: dict, folder: Path, seeded_clip_file, pngs) -> None:
         import open_clip
 
         from zsad_bench.context import Context
@@ -54,6 +54,7 @@ class Setup:
         self.ctx = Context(device="cpu", seed=0, backbone_cfg=bb, cache=cache)
         self.m = WinCLIP(WinCLIPConfig(variant="caoyunkang"))
         self.m.setup(self.ctx)
+        self.pngs = pngs
         queries, refs = drv.make_inputs()
         self.qb = self._batch(drv, queries, folder, "test")
         rb = self._batch(drv, refs, folder, "train")
@@ -73,23 +74,11 @@ class Setup:
 
     def _batch(self, drv, images: list[np.ndarray], folder: Path, split: str):
         """PNG files → the evaluation loop's preprocessing → a Batch (class words ``metal_nut`` verbatim)."""
-        from PIL import Image
-
-        from zsad_bench.imageio import load_image
-        from zsad_bench.preprocess import PreprocessSpec, preprocess_image
         from zsad_bench.types import Batch, SampleRecord
 
-        c = self.ctx.backbone.cfg
-        spec = PreprocessSpec.from_cfg(
-            {"input_size": c.input_size, "mean": c.mean, "std": c.std, "interpolation": c.interpolation}
-        )
-        recs, tensors = [], []
-        for i, img in enumerate(images):
-            path = folder / f"{split}_{i}.png"
-            Image.fromarray(img).save(path)
-            tensors.append(preprocess_image(load_image(path), spec))
-            recs.append(SampleRecord(path, 0, None, drv.CLASS, "x", split, "mvtec_ad"))
-        return Batch(torch.stack(tensors), recs, [drv.CLASS] * len(images))
+        paths = [folder / f"{split}_{i}.png" for i in range(len(images))]
+        recs = [SampleRecord(path, 0, None, drv.CLASS, "x", split, "mvtec_ad") for path in paths]
+        return Batch(self.pngs(self.ctx.backbone, images, paths), recs, [drv.CLASS] * len(images))
 
     def textual_grid(self) -> torch.Tensor:
         """Our zero-shot 15×15 grids (B, 15, 15)."""
@@ -120,8 +109,8 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def s(drv, recorded, tmp_path_factory, seeded_clip_file):
-    return Setup(drv, recorded, tmp_path_factory.mktemp("winclip_caoyunkang"), seeded_clip_file)
+def s(drv, recorded, tmp_path_factory, seeded_clip_file, pngs):
+    return Setup(drv, recorded, tmp_path_factory.mktemp("winclip_caoyunkang"), seeded_clip_file, pngs)
 
 
 def diff(actual, expected) -> float:
