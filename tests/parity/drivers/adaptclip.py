@@ -162,28 +162,8 @@ def make_inputs(key: str = "reduced") -> tuple[list[Item], list[tuple[str, np.nd
 
 def write_dataset(root: Path, key: str) -> None:
     """An MVTec-layout folder with the ``meta.json`` the reference's datasets read."""
-    from PIL import Image
-
     tests, prompts = make_inputs(key)
-    meta: dict[str, dict[str, list]] = {"train": {}, "test": {}}
-    for i, (category, defect, image, mask) in enumerate(tests):
-        rel = f"{category}/test/{defect}/{i:03d}.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(root / rel)
-        mask_rel = ""
-        if mask is not None:
-            mask_rel = f"{category}/ground_truth/{defect}/{i:03d}_mask.png"
-            (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(root / mask_rel)
-        item = {"img_path": rel, "mask_path": mask_rel, "cls_name": category, "specie_name": defect}
-        meta["test"].setdefault(category, []).append({**item, "anomaly": int(mask is not None)})
-    for j, (category, image) in enumerate(prompts):
-        rel = f"{category}/train/good/{j:03d}.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(root / rel)
-        item = {"img_path": rel, "mask_path": "", "cls_name": category, "specie_name": "good", "anomaly": 0}
-        meta["train"].setdefault(category, []).append(item)
-    (root / "meta.json").write_text(json.dumps(meta, indent=4))
+    april_gan_driver().write_meta_dataset(root, tests, prompts)
 
 
 def clip_shapes(key: str) -> dict[str, tuple[int, ...]]:

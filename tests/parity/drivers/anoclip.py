@@ -167,24 +167,7 @@ def replay_draws(states: np.ndarray, k: int, e: int, noise_shape: tuple[int, ...
 # ----------------------------------------------------------------------------- the reference
 def write_dataset(key: str, root: Path) -> list[str]:
     """An MVTec-layout folder with meta.json (as AnoVL's data/mvtec.py writes it); returns the image paths in order."""
-    from PIL import Image
-
-    meta: dict[str, dict[str, list]] = {"train": {}, "test": {}}
-    paths = []
-    for category, defect, image, mask in make_inputs(key):
-        rel = f"{category}/test/{defect}/000.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(root / rel)
-        mask_rel = ""
-        if mask is not None:
-            mask_rel = f"{category}/ground_truth/{defect}/000_mask.png"
-            (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(root / mask_rel)
-        item = {"img_path": rel, "mask_path": mask_rel, "cls_name": category, "specie_name": defect}
-        meta["test"].setdefault(category, []).append({**item, "anomaly": int(mask is not None)})
-        paths.append(rel)
-    (root / "meta.json").write_text(json.dumps(meta, indent=4))
-    return paths
+    return load_driver("april_gan").write_meta_dataset(root, make_inputs(key), numbered=False)
 
 
 class Recorder:

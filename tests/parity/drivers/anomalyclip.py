@@ -179,21 +179,7 @@ def weights_of(key: str) -> tuple[dict[str, torch.Tensor], str]:
 
 def write_dataset(root: Path, key: str) -> None:
     """An MVTec-layout folder with the ``meta.json`` the reference's ``Dataset`` reads (its test split)."""
-    from PIL import Image
-
-    meta: dict[str, dict[str, list]] = {"train": {}, "test": {}}
-    for i, (category, defect, image, mask) in enumerate(make_inputs(key)):
-        rel = f"{category}/test/{defect}/{i:03d}.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(root / rel)
-        mask_rel = ""
-        if mask is not None:
-            mask_rel = f"{category}/ground_truth/{defect}/{i:03d}_mask.png"
-            (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(root / mask_rel)
-        item = {"img_path": rel, "mask_path": mask_rel, "cls_name": category, "specie_name": defect}
-        meta["test"].setdefault(category, []).append({**item, "anomaly": int(mask is not None)})
-    (root / "meta.json").write_text(json.dumps(meta, indent=4))
+    april_gan_driver().write_meta_dataset(root, make_inputs(key))
 
 
 class _Stop(Exception):

@@ -56,6 +56,7 @@ import sys
 import tempfile
 import types
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,30 +175,54 @@ def make_inputs(
     return tests, ref
 
 
-def write_dataset(root: Path, hw: tuple[int, int]) -> None:
-    """An MVTec-layout folder and the ``meta.json`` the code's ``MVTecDataset`` reads."""
+def write_meta_dataset(
+    root: Path,
+    tests: Sequence[tuple[str, str, np.ndarray, np.ndarray | None]],
+    goods: Sequence[tuple[str, np.ndarray]] = (),
+    numbered: bool = True,
+) -> list[str]:
+    """An MVTec-layout folder with the ``meta.json`` the references' MVTec datasets read.
+
+    Args:
+        root: the dataset folder.
+        tests: (category, defect, (H, W, 3) uint8 image, (H, W) uint8 mask or None) per test image.
+        goods: (category, image) per normal training image.
+        numbered: file stems ``000``, ``001``, … in order; False: every stem ``000``.
+
+    Returns:
+        The test images' paths relative to ``root``, in order.
+    """
     from PIL import Image
 
-    tests, ref = make_inputs(hw)
-    meta: dict[str, dict[str, list]] = {"train": {CLASS: []}, "test": {CLASS: []}}
-    for i, (defect, img, mask) in enumerate(tests):
-        rel = f"{CLASS}/test/{defect}/{i:03d}.png"
+    def save(rel: str, array: np.ndarray) -> None:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(root / rel)
-        mask_rel = ""
+        Image.fromarray(array).save(root / rel)
+
+    meta: dict[str, dict[str, list]] = {"train": {}, "test": {}}
+    paths = []
+    for i, (category, defect, image, mask) in enumerate(tests):
+        stem = f"{i:03d}" if numbered else "000"
+        rel, mask_rel = f"{category}/test/{defect}/{stem}.png", ""
+        save(rel, image)
         if mask is not None:
-            mask_rel = f"{CLASS}/ground_truth/{defect}/{i:03d}_mask.png"
-            (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(root / mask_rel)
-        item = {"img_path": rel, "mask_path": mask_rel, "cls_name": CLASS, "specie_name": defect}
-        meta["test"][CLASS].append({**item, "anomaly": int(mask is not None)})
-    rel = f"{CLASS}/train/good/000.png"
-    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(ref).save(root / rel)
-    meta["train"][CLASS].append(
-        {"img_path": rel, "mask_path": "", "cls_name": CLASS, "specie_name": "good", "anomaly": 0}
-    )
+            mask_rel = f"{category}/ground_truth/{defect}/{stem}_mask.png"
+            save(mask_rel, mask)
+        item = {"img_path": rel, "mask_path": mask_rel, "cls_name": category, "specie_name": defect}
+        meta["test"].setdefault(category, []).append({**item, "anomaly": int(mask is not None)})
+        paths.append(rel)
+    for j, (category, image) in enumerate(goods):
+        rel = f"{category}/train/good/{j:03d}.png"
+        save(rel, image)
+        item = {"img_path": rel, "mask_path": "", "cls_name": category, "specie_name": "good", "anomaly": 0}
+        meta["train"].setdefault(category, []).append(item)
     (root / "meta.json").write_text(json.dumps(meta, indent=2))
+    return paths
+
+
+def write_dataset(root: Path, hw: tuple[int, int]) -> None:
+    """The test images and the training good image of :func:`make_inputs` in class :data:`CLASS`."""
+    tests, ref = make_inputs(hw)
+    write_meta_dataset(root, [(CLASS, d, img, mask) for d, img, mask in tests], [(CLASS, ref)])
 
 
 # ----------------------------------------------------------------------------- the reference
